@@ -1,0 +1,31 @@
+//! Compiles `proto/` with a vendored `protoc` (nobody needs a system one) and
+//! embeds the source commit so `Status` can report what is running.
+
+use std::process::Command;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let mut prost_config = prost_build::Config::new();
+    prost_config.protoc_executable(protoc);
+    tonic_prost_build::configure().compile_with_config(
+        prost_config,
+        &["proto/cutter/backup/v1/backup.proto"],
+        &["proto"],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+
+    let commit = std::env::var("CUTTER_SOURCE_COMMIT").ok().or_else(|| {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    println!(
+        "cargo:rustc-env=CUTTER_SOURCE_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".to_owned())
+    );
+    println!("cargo:rerun-if-env-changed=CUTTER_SOURCE_COMMIT");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! One backup: snapshot → pg_dump → OpenPGP → sha256 → partial file → commit.
+//!
+//! The dump streams through a fixed-size buffer; nothing is held whole in
+//! memory. Any failure drops the partial file, so nothing is left behind.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::time::{Instant, SystemTime};
+
+use crate::config::Compression;
+use crate::db::Snapshot;
+use crate::encrypt::{HashingWriter, Packing, encrypt};
+use crate::error::{Error, Result};
+use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
+use crate::pgdump::Dump;
+use crate::selftest::Ready;
+use crate::setup::Setup;
+use crate::time::rfc3339;
+
+/// Write buffer between the encryptor and the file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Who made the artifact, recorded in the manifest.
+#[derive(Debug, Clone)]
+pub struct Producer(pub String);
+
+/// Takes the backup for `run_id` (already validated) and returns its manifest.
+pub async fn take(setup: &Setup, ready: &Ready, run_id: &str, producer: &Producer) -> Result<Manifest> {
+    let started = Instant::now();
+    let snapshot = setup.db.snapshot(&ready.tables).await?;
+    let mut partial = setup.store.create_partial_artifact(run_id)?;
+    let file = partial
+        .take_file()
+        .ok_or_else(|| Error::Encrypt("partial file already taken".into()))?;
+    let packing = Packing {
+        compression: setup.config.backup.compression,
+        level: setup.config.backup.compression_level,
+    };
+    let job = {
+        let ready = ready.clone();
+        let target = setup.db.target().clone();
+        let snapshot_id = snapshot.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut dump = Dump::start(&ready.pg_dump, &target, &snapshot_id, &ready.tables)
+                .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display())))?;
+            match stream(&mut dump, file, &ready, packing) {
+                Ok(out) => {
+                    let warnings = dump.finish().map_err(Error::PgDump)?;
+                    if !warnings.trim().is_empty() {
+                        tracing::warn!(pg_dump_stderr = %warnings.trim(), "pg_dump printed warnings");
+                    }
+                    Ok(out)
+                }
+                Err(e) => {
+                    dump.kill();
+                    Err(e)
+                }
+            }
+        })
+    };
+    let result = job.await;
+    let tables = snapshot
+        .counts
+        .iter()
+        .map(|(t, rows)| TableRows {
+            table: t.to_string(),
+            rows: *rows,
+        })
+        .collect();
+    release(snapshot).await;
+    let (sha256, size_bytes, plaintext_bytes) =
+        result.map_err(|e| Error::PgDump(format!("dump task failed: {e}")))??;
+    let manifest = Manifest {
+        format: FORMAT,
+        run_id: run_id.to_owned(),
+        created_at: rfc3339(SystemTime::now()),
+        artifact: setup
+            .store
+            .artifact_path(run_id)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        size_bytes,
+        gpg_fpr: ready.key.fingerprint.to_string(),
+        recipients: vec![Recipient {
+            fingerprint: ready.key.fingerprint.to_string(),
+            encryption_keys: ready.key.encryption_keys.clone(),
+        }],
+        tables,
+        plaintext_bytes,
+        compression: match packing.compression {
+            Compression::None => "none".to_owned(),
+            Compression::Zip => format!("zip-{}", packing.level),
+            Compression::Zlib => format!("zlib-{}", packing.level),
+        },
+        server_version: ready.server.version.clone(),
+        pg_dump_version: ready.pg_dump_version.line.clone(),
+        producer: producer.0.clone(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let store = setup.store.clone();
+    let m = manifest.clone();
+    tokio::task::spawn_blocking(move || store.commit(partial, &m))
+        .await
+        .map_err(|e| Error::Encrypt(format!("commit task failed: {e}")))??;
+    Ok(manifest)
+}
+
+async fn release(snapshot: Snapshot) {
+    if let Err(e) = snapshot.release().await {
+        tracing::warn!(error = %e, "closing the snapshot transaction failed");
+    }
+}
+
+/// Pipes the dump through encryption into `file`, fsyncs it, and returns
+/// (sha256, artifact bytes, plaintext bytes).
+fn stream(dump: &mut Dump, file: File, ready: &Ready, packing: Packing) -> Result<(String, u64, u64)> {
+    let mut stdout = dump
+        .stdout()
+        .ok_or_else(|| Error::PgDump("pg_dump stdout was not captured".into()))?;
+    let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
+    let plain = encrypt(&mut stdout, &mut sink, std::slice::from_ref(&ready.key), packing)
+        .map_err(Error::Encrypt)?;
+    drop(stdout);
+    let (mut writer, sha256, size) = sink.finish();
+    writer
+        .flush()
+        .map_err(|e| Error::Encrypt(format!("writing the artifact: {e}")))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::Encrypt(format!("writing the artifact: {}", e.error())))?;
+    file.sync_all()
+        .map_err(|e| Error::Encrypt(format!("fsync of the artifact: {e}")))?;
+    Ok((sha256, size, plain))
+}

@@ -1,0 +1,375 @@
+//! The daemon's configuration: a TOML file (default `/etc/cutter/backupd.toml`)
+//! under built-in defaults, with `BACKUP_GPG_FPR` from the environment (or the
+//! operator's env file) winning over `key.fingerprint`.
+//!
+//! Secrets are never part of the config text: the database password comes
+//! from `database.password_file` (or a systemd credential pointing there).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The default config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cutter/backupd.toml";
+/// The default socket path, shared with `cutterctl`.
+pub const DEFAULT_SOCKET: &str = "/run/cutter/backupd.sock";
+/// The environment variable the operator's env file sets.
+pub const FPR_ENV: &str = "BACKUP_GPG_FPR";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[key]`.
+    #[serde(default)]
+    pub key: KeyConfig,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[backup]`.
+    pub backup: BackupConfig,
+}
+
+/// `[server]`: where and to whom the daemon listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unix socket path.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Peer uids allowed to call (checked with SO_PEERCRED).
+    #[serde(default = "default_allowed_uids")]
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            allowed_uids: default_allowed_uids(),
+        }
+    }
+}
+
+/// `[key]`: which OpenPGP certificate backups are encrypted to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Primary-key fingerprint; `BACKUP_GPG_FPR` wins over it.
+    pub fingerprint: Option<String>,
+    /// Armored file holding the public cert (may hold several certs).
+    pub cert_file: Option<PathBuf>,
+    /// An env file (`NAME=value` lines) read at start and on every reload for
+    /// `BACKUP_GPG_FPR`; when set it is the authority, so deleting the line and
+    /// reloading disables backups.
+    pub env_file: Option<PathBuf>,
+    /// GnuPG home used when no `cert_file` is set (default: gpg's own).
+    pub gnupg_home: Option<PathBuf>,
+    /// The gpg binary for the keyring fallback.
+    #[serde(default = "default_gpg")]
+    pub gpg: PathBuf,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        Self {
+            fingerprint: None,
+            cert_file: None,
+            env_file: None,
+            gnupg_home: None,
+            gpg: default_gpg(),
+        }
+    }
+}
+
+/// `[database]`: how to reach PostgreSQL as the least-privilege role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq-style URL without password, e.g.
+    /// `postgres://cutter_exec@/directus?host=/run/postgresql`.
+    pub url: String,
+    /// File whose first line is the password (mode 0600 or a credential).
+    pub password_file: Option<PathBuf>,
+    /// Pool size.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Seconds to wait for a connection before calling the database down.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+/// Output compression inside the OpenPGP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression: fastest, artifact as large as the dump.
+    None,
+    /// OpenPGP ZIP (raw deflate), what gpg uses by default.
+    Zip,
+    /// OpenPGP ZLIB.
+    Zlib,
+}
+
+/// `[backup]`: what to dump and where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory for artifacts and manifests; must not be world-accessible.
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+    /// Tables in scope, schema-qualified: `cutter_governance.verify_result`.
+    pub tables: Vec<String>,
+    /// pg_dump to call; default: the one matching the server's major version.
+    pub pg_dump: Option<PathBuf>,
+    /// Compression inside the OpenPGP message.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Deflate level 1 (fast) to 9 (small).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u8,
+    /// Free space required beyond the estimated dump size.
+    #[serde(default = "default_margin")]
+    pub free_space_margin_mib: u64,
+    /// Backups of different run_ids allowed to run at once.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_allowed_uids() -> Vec<u32> {
+    vec![0]
+}
+fn default_gpg() -> PathBuf {
+    PathBuf::from("gpg")
+}
+fn default_pool_size() -> u32 {
+    4
+}
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cutter/backups")
+}
+fn default_compression() -> Compression {
+    Compression::Zip
+}
+fn default_compression_level() -> u8 {
+    3
+}
+fn default_margin() -> u64 {
+    64
+}
+fn default_max_concurrent() -> usize {
+    2
+}
+
+/// A table in scope, split into schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub name: String,
+}
+
+impl TableName {
+    /// `"schema"."name"`, quoted for SQL and for `pg_dump -t`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier, doubling embedded quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(bad("no such file (pass --config FILE)".into()));
+        }
+        let cfg: Config = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.backup.tables.is_empty() {
+            return Err("backup.tables is empty: list the schema-qualified tables to back up".into());
+        }
+        self.tables()?;
+        if !(1..=9).contains(&self.backup.compression_level) {
+            return Err("backup.compression_level must be 1..=9".into());
+        }
+        if self.backup.max_concurrent == 0 {
+            return Err("backup.max_concurrent must be at least 1".into());
+        }
+        if self.server.allowed_uids.is_empty() {
+            return Err("server.allowed_uids is empty: nobody could call the daemon".into());
+        }
+        if self.database.url.contains('@') && url_has_password(&self.database.url) {
+            return Err(
+                "database.url carries a password: remove it and use database.password_file".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The tables in scope, parsed, sorted and deduplicated.
+    pub fn tables(&self) -> std::result::Result<Vec<TableName>, String> {
+        let mut out = Vec::with_capacity(self.backup.tables.len());
+        for t in &self.backup.tables {
+            let (schema, name) = t.split_once('.').ok_or_else(|| {
+                format!("backup.tables entry {t:?} must be schema-qualified (schema.table)")
+            })?;
+            if schema.is_empty() || name.is_empty() || name.contains('.') {
+                return Err(format!("backup.tables entry {t:?} is not schema.table"));
+            }
+            out.push(TableName {
+                schema: schema.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// True when a `scheme://user:secret@host` URL carries a password.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let userinfo = rest.split(['/', '?']).next().unwrap_or("");
+    userinfo
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+}
+
+/// Where the fingerprint came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FprSource {
+    /// `key.env_file`.
+    EnvFile,
+    /// The process environment.
+    Env,
+    /// `key.fingerprint`.
+    ConfigFile,
+}
+
+/// Finds the configured fingerprint text (unvalidated): the env file when
+/// configured, else the process environment, else the config file.
+pub fn configured_fingerprint(
+    key: &KeyConfig,
+    process_env: Option<String>,
+) -> Result<Option<(String, FprSource)>> {
+    if let Some(path) = &key.env_file {
+        let vars = read_env_file(path)?;
+        return Ok(vars
+            .get(FPR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(|v| (v.clone(), FprSource::EnvFile)));
+    }
+    if let Some(v) = process_env.filter(|v| !v.trim().is_empty()) {
+        return Ok(Some((v, FprSource::Env)));
+    }
+    Ok(key
+        .fingerprint
+        .clone()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| (v, FprSource::ConfigFile)))
+}
+
+/// Parses `NAME=value` lines (comments, `export`, and quotes allowed). A
+/// missing file reads as empty: the operator removed it to disable backups.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(Error::io("read env file", path, e)),
+    };
+    let mut vars = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            vars.insert(k.trim().to_owned(), v.to_owned());
+        }
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_in_url_is_detected() {
+        assert!(url_has_password("postgres://u:secret@h/db"));
+        assert!(!url_has_password("postgres://u@h/db"));
+        assert!(!url_has_password("postgres://u@/db?host=/run/postgresql"));
+        assert!(!url_has_password("postgres:///db?host=/x@y"));
+    }
+
+    #[test]
+    fn env_file_parsing_handles_quotes_comments_and_export() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".env");
+        std::fs::write(
+            &p,
+            "# c\nexport BACKUP_GPG_FPR=\"ABC\"\nOTHER='x y'\nPLAIN = z \n",
+        )
+        .expect("write");
+        let v = read_env_file(&p).expect("parse");
+        assert_eq!(v["BACKUP_GPG_FPR"], "ABC");
+        assert_eq!(v["OTHER"], "x y");
+        assert_eq!(v["PLAIN"], "z");
+        assert!(read_env_file(&dir.path().join("missing")).expect("ok").is_empty());
+    }
+
+    #[test]
+    fn env_file_wins_and_an_empty_line_means_unset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".env");
+        std::fs::write(&p, "BACKUP_GPG_FPR=\n").expect("write");
+        let key = KeyConfig {
+            fingerprint: Some("F".repeat(40)),
+            env_file: Some(p),
+            ..KeyConfig::default()
+        };
+        assert_eq!(configured_fingerprint(&key, Some("E".repeat(40))).expect("ok"), None);
+    }
+}

@@ -1,0 +1,147 @@
+//! Streaming OpenPGP encryption with sha256 of the bytes written.
+//!
+//! The message is always SEIPDv1 (with MDC), whatever the cert advertises:
+//! GnuPG 2.2 cannot read SEIPDv2, and the operator's restore path is
+//! `gpg --decrypt`. Compression, when on, is OpenPGP compression, so gpg
+//! alone yields the SQL.
+
+use std::io::{self, Read, Write};
+use std::time::SystemTime;
+
+use sequoia_openpgp as openpgp;
+
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Compressor, Encryptor, LiteralWriter, Message, Recipient};
+use openpgp::types::{CompressionAlgorithm, CompressionLevel, Features};
+use sha2::{Digest, Sha256};
+
+use crate::config::Compression;
+use crate::key::UsableKey;
+
+/// Bytes read from the dump per write into the OpenPGP stack.
+pub const CHUNK: usize = 256 * 1024;
+
+/// A writer that hashes and counts what it passes on.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The inner writer, the lowercase hex sha256 and the byte count.
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// How the plaintext is packed.
+#[derive(Debug, Clone, Copy)]
+pub struct Packing {
+    /// Algorithm.
+    pub compression: Compression,
+    /// Deflate level 1..=9.
+    pub level: u8,
+}
+
+/// Encrypts everything `plain` yields to every key in `keys` (their valid
+/// encryption subkeys) into `sink`. Returns the plaintext byte count.
+pub fn encrypt<R: Read, W: Write + Send + Sync>(
+    plain: &mut R,
+    sink: &mut W,
+    keys: &[UsableKey],
+    packing: Packing,
+) -> Result<u64, String> {
+    let policy = StandardPolicy::new();
+    let now = SystemTime::now();
+    let seipdv1_only = Features::empty().set_seipdv1();
+    let mut recipients = Vec::new();
+    for k in keys {
+        let vc = k
+            .cert
+            .with_policy(&policy, now)
+            .map_err(|e| format!("key …{} became invalid: {e}", k.fingerprint.tail()))?;
+        for ka in vc
+            .keys()
+            .supported()
+            .alive()
+            .revoked(false)
+            .for_storage_encryption()
+            .for_transport_encryption()
+        {
+            recipients.push(Recipient::new(
+                seipdv1_only.clone(),
+                openpgp::KeyHandle::from(ka.key().keyid()),
+                ka.key(),
+            ));
+        }
+    }
+    let e = |what: &str, err: openpgp::anyhow::Error| format!("{what}: {err}");
+    let message = Message::new(sink);
+    let message = Encryptor::for_recipients(message, recipients)
+        .build()
+        .map_err(|err| e("setting up encryption", err))?;
+    let message = match packing.compression {
+        Compression::None => message,
+        algo => Compressor::new(message)
+            .algo(match algo {
+                Compression::Zlib => CompressionAlgorithm::Zlib,
+                _ => CompressionAlgorithm::Zip,
+            })
+            .level(CompressionLevel::new(packing.level).map_err(|err| e("compression level", err))?)
+            .build()
+            .map_err(|err| e("setting up compression", err))?,
+    };
+    let mut message = LiteralWriter::new(message)
+        .build()
+        .map_err(|err| e("setting up the literal packet", err))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match plain.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(format!("reading the dump: {err}")),
+        };
+        message
+            .write_all(&buf[..n])
+            .map_err(|err| format!("writing the artifact: {err}"))?;
+        total += n as u64;
+    }
+    message
+        .finalize()
+        .map_err(|err| e("finishing the OpenPGP message", err))?;
+    Ok(total)
+}

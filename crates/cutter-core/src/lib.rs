@@ -1,0 +1,20 @@
+//! cutter-core: the backup, selftest, key and database logic of cutter-backup.
+//!
+//! No gRPC and no systemd here (the daemon owns those), so everything in this
+//! crate can be driven directly by tests and by other front ends.
+
+pub mod backup;
+pub mod config;
+pub mod db;
+pub mod encrypt;
+pub mod error;
+pub mod key;
+pub mod manifest;
+pub mod pgdump;
+pub mod runid;
+pub mod selftest;
+pub mod setup;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,479 @@
+//! The fail-closed checks of SPEC §3, run by `Selftest` and again before every
+//! backup. Each check has a stable name and a detail that tells the operator
+//! what to do; a backup proceeds only from a [`Ready`] that no FAIL produced.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::config::{FprSource, TableName, quote_ident};
+use crate::db::{ServerInfo, TableState};
+use crate::error::{Error, ErrorKind};
+use crate::key::{UsableKey, shown, usable};
+use crate::pgdump::{self, PgDumpVersion};
+use crate::setup::{KeyResolution, Setup};
+use crate::store::PROBE_PREFIX;
+use crate::time::rfc3339;
+
+/// The exact text operators grep for (from the operator report).
+pub const UNSET_MESSAGE: &str = "required env var BACKUP_GPG_FPR is unset";
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Fine.
+    Pass,
+    /// Fine for now; look at it soon.
+    Warn,
+    /// Backups refuse until fixed.
+    Fail,
+}
+
+/// One check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Stable name.
+    pub name: &'static str,
+    /// Verdict.
+    pub status: Status,
+    /// What was found and how to fix it.
+    pub detail: String,
+}
+
+/// All checks, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The checks.
+    pub checks: Vec<Check>,
+    /// Set when the database could not be reached (maps to UNAVAILABLE).
+    pub db_unavailable: bool,
+}
+
+impl Report {
+    /// No check FAILed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// `name: detail` of every FAIL, joined, for error messages.
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The error a backup returns when this report has a FAIL.
+    pub fn refusal(&self) -> Error {
+        if self.db_unavailable {
+            Error::DatabaseUnavailable(self.failures())
+        } else {
+            Error::NotReady(self.failures())
+        }
+    }
+
+    fn push(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+        });
+    }
+}
+
+/// What a backup needs, produced only by a passing selftest.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The key to encrypt to.
+    pub key: UsableKey,
+    /// The pg_dump to run.
+    pub pg_dump: PathBuf,
+    /// Its version.
+    pub pg_dump_version: PgDumpVersion,
+    /// The server.
+    pub server: ServerInfo,
+    /// The tables.
+    pub tables: Vec<TableName>,
+}
+
+/// Runs every check against `setup` now.
+pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
+    let now = SystemTime::now();
+    let mut report = Report::default();
+    let key = check_key(setup, now, &mut report);
+    let server = check_database(setup, &mut report).await;
+    let pg_dump = check_pg_dump(setup, server.as_ref(), &mut report);
+    let sizes = match &server {
+        Some(_) => check_tables(setup, &mut report).await,
+        None => {
+            for name in ["tables", "grants"] {
+                report.push(name, Status::Fail, "not checked: the database is unreachable");
+            }
+            None
+        }
+    };
+    check_backup_dir(setup, sizes, &mut report);
+    let ready = match (report.passed(), key, pg_dump, server) {
+        (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server)) => Some(Ready {
+            key,
+            pg_dump,
+            pg_dump_version,
+            server,
+            tables: setup.tables.clone(),
+        }),
+        _ => None,
+    };
+    (report, ready)
+}
+
+fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<UsableKey> {
+    let loaded = match &setup.key {
+        KeyResolution::Unset => {
+            report.push(
+                "fingerprint",
+                Status::Fail,
+                format!(
+                    "{UNSET_MESSAGE}: add BACKUP_GPG_FPR=<40-hex fingerprint> to the env file (or key.fingerprint) and reload"
+                ),
+            );
+            None
+        }
+        KeyResolution::Malformed(tail) => {
+            report.push(
+                "fingerprint",
+                Status::Fail,
+                format!(
+                    "BACKUP_GPG_FPR (ending {tail:?}) is not a 40-hex-digit fingerprint; copy it from `gpg --list-keys --with-colons` (the fpr: line)"
+                ),
+            );
+            None
+        }
+        KeyResolution::NotFound(fpr, why) => {
+            report.push("fingerprint", Status::Pass, format!("BACKUP_GPG_FPR {}", shown(fpr)));
+            report.push("key", Status::Fail, why.clone());
+            return None;
+        }
+        KeyResolution::Loaded(c, source) => {
+            let from = match source {
+                FprSource::EnvFile => "env file",
+                FprSource::Env => "environment",
+                FprSource::ConfigFile => "key.fingerprint",
+            };
+            report.push(
+                "fingerprint",
+                Status::Pass,
+                format!("BACKUP_GPG_FPR {} (from {from})", shown(&c.fingerprint)),
+            );
+            Some(c)
+        }
+    };
+    let Some(loaded) = loaded else {
+        report.push("key", Status::Fail, "not checked: fix the fingerprint first");
+        return None;
+    };
+    match usable(loaded, now) {
+        Ok(k) => {
+            let expiry = k.expires_at.map(rfc3339).unwrap_or_else(|| "never".into());
+            if k.expires_soon(now) {
+                report.push(
+                    "key",
+                    Status::Warn,
+                    format!(
+                        "key {} expires {expiry}, within 30 days: extend it or rotate (docs/operations.md)",
+                        shown(&k.fingerprint)
+                    ),
+                );
+            } else {
+                report.push(
+                    "key",
+                    Status::Pass,
+                    format!(
+                        "key {} valid, {} encryption key(s), expires {expiry}",
+                        shown(&k.fingerprint),
+                        k.encryption_keys.len()
+                    ),
+                );
+            }
+            Some(k)
+        }
+        Err(why) => {
+            report.push("key", Status::Fail, why);
+            None
+        }
+    }
+}
+
+async fn check_database(setup: &Setup, report: &mut Report) -> Option<ServerInfo> {
+    let t = setup.db.target();
+    let whom = format!("{}@{}:{}/{}", t.user, t.host, t.port, t.database);
+    match setup.db.server_info().await {
+        Ok(info) if info.superuser => {
+            report.push(
+                "database",
+                Status::Warn,
+                format!(
+                    "connected as {} (superuser): use a least-privilege role such as cutter_exec",
+                    info.role
+                ),
+            );
+            Some(info)
+        }
+        Ok(info) => {
+            report.push(
+                "database",
+                Status::Pass,
+                format!("connected to {whom} as {}, PostgreSQL {}", info.role, info.version),
+            );
+            Some(info)
+        }
+        Err(e) => {
+            report.db_unavailable = e.kind() == ErrorKind::Unavailable;
+            report.push(
+                "database",
+                Status::Fail,
+                format!("cannot query {whom}: {e}; check database.url, password_file and that PostgreSQL is up"),
+            );
+            None
+        }
+    }
+}
+
+fn check_pg_dump(
+    setup: &Setup,
+    server: Option<&ServerInfo>,
+    report: &mut Report,
+) -> Option<(PathBuf, PgDumpVersion)> {
+    let path = match (&setup.config.backup.pg_dump, server) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => pgdump::default_path(s.major()),
+        (None, None) => {
+            report.push(
+                "pg_dump",
+                Status::Fail,
+                "not checked: the server version is unknown (database unreachable) and backup.pg_dump is unset",
+            );
+            return None;
+        }
+    };
+    let v = match setup.pg_dump_version(&path) {
+        Ok(v) => v,
+        Err(why) => {
+            report.push("pg_dump", Status::Fail, why);
+            return None;
+        }
+    };
+    match server {
+        Some(s) if v.major < s.major() => {
+            report.push(
+                "pg_dump",
+                Status::Fail,
+                format!(
+                    "{} is major {} but the server is {}: install postgresql-client-{} and point backup.pg_dump at it",
+                    path.display(),
+                    v.major,
+                    s.major(),
+                    s.major()
+                ),
+            );
+            None
+        }
+        _ => {
+            report.push("pg_dump", Status::Pass, format!("{} ({})", path.display(), v.line));
+            Some((path, v))
+        }
+    }
+}
+
+/// Checks existence and grants; returns the summed table sizes.
+async fn check_tables(setup: &Setup, report: &mut Report) -> Option<u64> {
+    let states = match setup.db.inspect_tables(&setup.tables).await {
+        Ok(s) => s,
+        Err(e) => {
+            for name in ["tables", "grants"] {
+                report.push(name, Status::Fail, format!("catalog query failed: {e}"));
+            }
+            return None;
+        }
+    };
+    let missing: Vec<String> = states
+        .iter()
+        .filter(|s| !s.exists)
+        .map(|s| s.table.to_string())
+        .collect();
+    if missing.is_empty() {
+        report.push(
+            "tables",
+            Status::Pass,
+            format!("all {} tables in scope exist", states.len()),
+        );
+    } else {
+        report.push(
+            "tables",
+            Status::Fail,
+            format!(
+                "missing: {}; create them (run the schema migration) or remove them from backup.tables",
+                missing.join(", ")
+            ),
+        );
+    }
+    let role = &setup.db.target().user;
+    let grants = missing_grants(&states, role);
+    if grants.is_empty() {
+        report.push(
+            "grants",
+            Status::Pass,
+            format!("{role} can SELECT every existing table in scope"),
+        );
+    } else {
+        report.push(
+            "grants",
+            Status::Fail,
+            format!(
+                "{role} lacks privileges; as the schema owner (e.g. workflow_admin) run: {}",
+                grants.join(" ")
+            ),
+        );
+    }
+    Some(states.iter().map(|s| s.size_bytes).sum())
+}
+
+/// The exact statements that would make `role` able to dump every table.
+pub fn missing_grants(states: &[TableState], role: &str) -> Vec<String> {
+    let role = sql_name(role);
+    let schemas: BTreeSet<&str> = states
+        .iter()
+        .filter(|s| s.exists && !s.schema_usage)
+        .map(|s| s.table.schema.as_str())
+        .collect();
+    let mut out: Vec<String> = schemas
+        .into_iter()
+        .map(|s| format!("GRANT USAGE ON SCHEMA {} TO {role};", sql_name(s)))
+        .collect();
+    out.extend(
+        states
+            .iter()
+            .filter(|s| s.exists && !s.can_select)
+            .map(|s| format!("GRANT SELECT ON {} TO {role};", display_name(&s.table))),
+    );
+    out
+}
+
+/// `schema.table`, quoting only where SQL needs it (readable GRANT lines).
+fn display_name(t: &TableName) -> String {
+    format!("{}.{}", sql_name(&t.schema), sql_name(&t.name))
+}
+
+/// An identifier as SQL needs it: bare when lower-case plain, else quoted.
+fn sql_name(s: &str) -> String {
+    let plain = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { s.to_owned() } else { quote_ident(s) }
+}
+
+fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
+    let dir = setup.store.dir();
+    let fail = |report: &mut Report, why: String| report.push("backup_dir", Status::Fail, why);
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => m,
+        Ok(_) => return fail(report, format!("{} is not a directory", dir.display())),
+        Err(e) => {
+            return fail(
+                report,
+                format!(
+                    "{} does not exist ({e}): create it with `install -d -m 0700 {}`",
+                    dir.display(),
+                    dir.display()
+                ),
+            );
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return fail(
+            report,
+            format!(
+                "{} is world-accessible (mode {mode:04o}): run `chmod 0700 {}`",
+                dir.display(),
+                dir.display()
+            ),
+        );
+    }
+    if let Err(e) = tempfile::Builder::new()
+        .prefix(PROBE_PREFIX)
+        .tempfile_in(dir)
+    {
+        return fail(
+            report,
+            format!("{} is not writable by the daemon ({e}): fix its owner/permissions or mount", dir.display()),
+        );
+    }
+    let free = match free_bytes(dir) {
+        Ok(f) => f,
+        Err(e) => return fail(report, format!("cannot stat the file system of {}: {e}", dir.display())),
+    };
+    let margin = setup.config.backup.free_space_margin_mib * 1024 * 1024;
+    let need = estimate.unwrap_or(0) + margin;
+    if free < need {
+        return fail(
+            report,
+            format!(
+                "{} has {} MiB free, a backup needs about {} MiB (tables {} MiB + margin {} MiB): free space or move backup.dir",
+                dir.display(),
+                free >> 20,
+                need >> 20,
+                estimate.unwrap_or(0) >> 20,
+                margin >> 20
+            ),
+        );
+    }
+    report.push(
+        "backup_dir",
+        Status::Pass,
+        format!("{} mode {mode:04o}, writable, {} MiB free", dir.display(), free >> 20),
+    );
+}
+
+/// Bytes available to the daemon on the file system holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(schema: &str, name: &str, exists: bool, select: bool, usage: bool) -> TableState {
+        TableState {
+            table: TableName {
+                schema: schema.into(),
+                name: name.into(),
+            },
+            exists,
+            can_select: select,
+            schema_usage: usage,
+            size_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn grants_name_exactly_what_is_missing() {
+        let states = [
+            state("cutter_governance", "verify_result", true, false, true),
+            state("cutter_governance", "ok", true, true, true),
+            state("cutter_governance", "gone", false, false, false),
+            state("Other", "T", true, false, false),
+        ];
+        assert_eq!(
+            missing_grants(&states, "cutter_exec"),
+            [
+                "GRANT USAGE ON SCHEMA \"Other\" TO cutter_exec;",
+                "GRANT SELECT ON cutter_governance.verify_result TO cutter_exec;",
+                "GRANT SELECT ON \"Other\".\"T\" TO cutter_exec;",
+            ]
+        );
+    }
+}

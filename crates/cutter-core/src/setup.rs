@@ -1,0 +1,127 @@
+//! Everything the daemon derives from its config at start and on reload: the
+//! parsed tables, the resolved public key, the lazy pool, the store. A reload
+//! builds a new `Setup`; a running backup keeps the one it started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::config::{Config, FPR_ENV, FprSource, TableName, configured_fingerprint};
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::key::{Fingerprint, LoadedCert, load_cert, shown};
+use crate::pgdump::{self, PgDumpVersion};
+use crate::store::Store;
+
+/// The key as far as it could be resolved, with the operator-facing reason
+/// where it could not.
+#[derive(Debug, Clone)]
+pub enum KeyResolution {
+    /// No fingerprint configured anywhere.
+    Unset,
+    /// A fingerprint that is not 40 hex digits (only its tail is kept).
+    Malformed(String),
+    /// A well-formed fingerprint whose cert could not be loaded.
+    NotFound(Fingerprint, String),
+    /// The cert was found.
+    Loaded(LoadedCert, FprSource),
+}
+
+impl KeyResolution {
+    /// The fingerprint, if well-formed.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        match self {
+            KeyResolution::NotFound(f, _) => Some(f),
+            KeyResolution::Loaded(c, _) => Some(&c.fingerprint),
+            _ => None,
+        }
+    }
+}
+
+/// The loaded configuration.
+#[derive(Debug)]
+pub struct Setup {
+    /// The config as read.
+    pub config: Config,
+    /// Tables in scope, sorted.
+    pub tables: Vec<TableName>,
+    /// The primary key.
+    pub key: KeyResolution,
+    /// The pool.
+    pub db: Database,
+    /// The backups directory.
+    pub store: Store,
+    pg_dump_versions: Mutex<HashMap<PathBuf, (SystemTime, PgDumpVersion)>>,
+}
+
+impl Setup {
+    /// Resolves `config`; `env_fpr` is the process's `BACKUP_GPG_FPR`.
+    /// Only a broken config is an error: a missing key or database makes
+    /// selftest FAIL instead, so the daemon stays up and explains.
+    pub fn load(config: Config, env_fpr: Option<String>) -> Result<Self> {
+        let tables = config.tables().map_err(|reason| Error::Config {
+            path: "backup.tables".into(),
+            reason,
+        })?;
+        let key = match configured_fingerprint(&config.key, env_fpr)? {
+            None => KeyResolution::Unset,
+            Some((text, source)) => resolve_key(&config, &text, source),
+        };
+        let db = Database::connect_lazy(&config.database)?;
+        let store = Store::new(&config.backup.dir)?;
+        Ok(Self {
+            config,
+            tables,
+            key,
+            db,
+            store,
+            pg_dump_versions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads the process environment's `BACKUP_GPG_FPR`.
+    pub fn env_fingerprint() -> Option<String> {
+        std::env::var(FPR_ENV).ok()
+    }
+
+    /// `pg_dump --version` for `path`, cached while the binary is unchanged.
+    pub fn pg_dump_version(&self, path: &Path) -> std::result::Result<PgDumpVersion, String> {
+        let mtime = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| {
+                format!(
+                    "pg_dump not found at {} ({e}); install postgresql-client-<server major> or set backup.pg_dump",
+                    path.display()
+                )
+            })?;
+        let mut cache = self
+            .pg_dump_versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((t, v)) = cache.get(path)
+            && *t == mtime
+        {
+            return Ok(v.clone());
+        }
+        let v = pgdump::version(path)?;
+        cache.insert(path.to_owned(), (mtime, v.clone()));
+        Ok(v)
+    }
+}
+
+fn resolve_key(config: &Config, text: &str, source: FprSource) -> KeyResolution {
+    let Some(fpr) = Fingerprint::parse(text) else {
+        let tail: String = text.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        return KeyResolution::Malformed(tail);
+    };
+    match load_cert(&config.key, &fpr) {
+        Ok(c) => KeyResolution::Loaded(c, source),
+        Err(why) => KeyResolution::NotFound(fpr, why),
+    }
+}
+
+/// The shown form of a resolution's fingerprint, for STATUS lines.
+pub fn shown_key(k: &KeyResolution) -> String {
+    k.fingerprint().map(shown).unwrap_or_else(|| "unset".into())
+}
