@@ -1,2 +1,68 @@
-//! placeholder
-fn main() {}
+//! cutter-backupd: holds the resolved public key and the database pool and
+//! serves `cutter.backup.v1.BackupService` on a root-only Unix socket.
+//!
+//! args → config → logging → runtime → run → exit code.
+
+mod listener;
+mod logging;
+mod notify;
+mod peer;
+mod service;
+mod signals;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cutter_core::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// Exit codes: 0 clean stop, 2 bad usage or config, 1 anything else.
+const EXIT_CONFIG: u8 = 2;
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "cutter-backupd", version = cutter_backup::VERSION, about = "The cutter pre-write backup daemon")]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Validate the config file and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start: fix the config");
+            eprintln!("cutter-backupd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        println!("config {} OK", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("backupd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cutter-backupd: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(service::run(args.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            eprintln!("cutter-backupd: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

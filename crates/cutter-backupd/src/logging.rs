@@ -1,0 +1,28 @@
+//! Logging: journald (structured fields) when stderr is the journal, plain
+//! stderr otherwise (tests, CI, a terminal). No secret is ever a field.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Installs the global subscriber; `RUST_LOG` overrides the `info` default.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry
+            .with(journald.with_syslog_identifier("cutter-backupd".into()))
+            .init();
+        return;
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .init();
+}

@@ -1,0 +1,194 @@
+//! What cutterctl prints: text for people, `--json` for scripts.
+
+use std::process::ExitCode;
+
+use cutter_backup::v1::{BackupEnvelope, SelftestReport, StatusReport, check};
+use serde_json::json;
+
+use crate::{EXIT_FAILED, EXIT_UNREACHABLE};
+
+fn status_word(s: i32) -> &'static str {
+    match check::Status::try_from(s) {
+        Ok(check::Status::Pass) => "PASS",
+        Ok(check::Status::Warn) => "WARN",
+        Ok(check::Status::Fail) => "FAIL",
+        _ => "UNKNOWN",
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) }
+}
+
+/// `SELFTEST: PASS|FAIL`, then one line per check.
+pub fn selftest(r: &SelftestReport, as_json: bool) -> ExitCode {
+    if as_json {
+        let checks: Vec<_> = r
+            .checks
+            .iter()
+            .map(|c| json!({"name": c.name, "status": status_word(c.status), "detail": c.detail}))
+            .collect();
+        println!("{}", json!({"passed": r.passed, "checks": checks}));
+    } else {
+        println!("SELFTEST: {}", if r.passed { "PASS" } else { "FAIL" });
+        for c in &r.checks {
+            println!("  {:<4}  {:<12} {}", status_word(c.status), c.name, c.detail);
+        }
+    }
+    exit(r.passed)
+}
+
+/// The daemon's status.
+pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "version": s.version,
+                "source_commit": s.source_commit,
+                "uptime_seconds": s.uptime_seconds,
+                "ready": s.ready,
+                "summary": s.summary,
+                "key_fpr_tail": s.key_fpr_tail,
+                "key_expires_at": s.key_expires_at,
+                "last_backup": s.last_backup.as_ref().map(|b| json!({
+                    "run_id": b.run_id, "created_at": b.created_at,
+                    "size_bytes": b.size_bytes, "sha256": b.sha256,
+                })),
+                "artifact_count": s.artifact_count,
+                "artifact_bytes": s.artifact_bytes,
+                "backup_dir": s.backup_dir,
+                "disk_free_bytes": s.disk_free_bytes,
+                "tables_in_scope": s.tables_in_scope,
+            })
+        );
+        return ExitCode::SUCCESS;
+    }
+    let commit: String = s.source_commit.chars().take(12).collect();
+    println!("cutter-backupd {} (commit {commit}), up {}s", s.version, s.uptime_seconds);
+    println!("readiness:   {}", s.summary);
+    let tail = if s.key_fpr_tail.is_empty() { "unset".to_owned() } else { format!("…{}", s.key_fpr_tail) };
+    let expiry = if s.key_expires_at.is_empty() { "no expiry known".to_owned() } else { format!("expires {}", s.key_expires_at) };
+    println!("key:         {tail}, {expiry}");
+    match &s.last_backup {
+        Some(b) => println!(
+            "last backup: {} at {} ({}, sha256 {}…)",
+            b.run_id,
+            b.created_at,
+            human_bytes(b.size_bytes),
+            b.sha256.get(..12).unwrap_or(&b.sha256)
+        ),
+        None => println!("last backup: none"),
+    }
+    println!(
+        "artifacts:   {} ({}) in {}, {} free",
+        s.artifact_count,
+        human_bytes(s.artifact_bytes),
+        s.backup_dir,
+        human_bytes(s.disk_free_bytes)
+    );
+    println!("tables:      {} in scope", s.tables_in_scope);
+    ExitCode::SUCCESS
+}
+
+/// The envelope as JSON; non-zero when any of the four COMPLETE fields is empty.
+pub fn envelope(e: &BackupEnvelope) -> ExitCode {
+    let tables: Vec<_> = e.tables.iter().map(|t| json!({"table": t.table, "rows": t.rows})).collect();
+    println!(
+        "{}",
+        json!({
+            "run_id": e.run_id,
+            "sha256": e.sha256,
+            "size_bytes": e.size_bytes,
+            "gpg_fpr": e.gpg_fpr,
+            "artifact_ref": e.artifact_ref,
+            "manifest_ref": e.manifest_ref,
+            "created_at": e.created_at,
+            "tables": tables,
+            "recipient_fprs": e.recipient_fprs,
+            "server_version": e.server_version,
+            "pg_dump_version": e.pg_dump_version,
+            "duration_ms": e.duration_ms,
+            "reused": e.reused,
+        })
+    );
+    let missing = incomplete_fields(e);
+    if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "cutterctl: INCOMPLETE envelope (empty: {}): treat the backup as failed",
+            missing.join(", ")
+        );
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// Which of the four COMPLETE fields are empty.
+pub fn incomplete_fields(e: &BackupEnvelope) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if e.sha256.len() != 64 {
+        missing.push("sha256");
+    }
+    if e.size_bytes == 0 {
+        missing.push("size_bytes");
+    }
+    if e.gpg_fpr.len() != 40 {
+        missing.push("gpg_fpr");
+    }
+    if e.artifact_ref.is_empty() {
+        missing.push("artifact_ref");
+    }
+    missing
+}
+
+/// A gRPC error, with its code, on stderr (and as JSON on stdout with --json).
+pub fn rpc_error(s: &tonic::Status, as_json: bool) -> ExitCode {
+    let unreachable = s.code() == tonic::Code::Unavailable && s.message().contains("transport");
+    if as_json {
+        println!("{}", json!({"error": {"code": format!("{:?}", s.code()), "message": s.message()}}));
+    }
+    eprintln!("cutterctl: {:?}: {}", s.code(), s.message());
+    if unreachable {
+        ExitCode::from(EXIT_UNREACHABLE)
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_empty_complete_field_makes_the_envelope_incomplete() {
+        let full = BackupEnvelope {
+            sha256: "a".repeat(64),
+            size_bytes: 10,
+            gpg_fpr: "F".repeat(40),
+            artifact_ref: "/x.sql.gpg".into(),
+            ..Default::default()
+        };
+        assert!(incomplete_fields(&full).is_empty());
+        let cases: [(&str, BackupEnvelope); 4] = [
+            ("sha256", BackupEnvelope { sha256: String::new(), ..full.clone() }),
+            ("size_bytes", BackupEnvelope { size_bytes: 0, ..full.clone() }),
+            ("gpg_fpr", BackupEnvelope { gpg_fpr: String::new(), ..full.clone() }),
+            ("artifact_ref", BackupEnvelope { artifact_ref: String::new(), ..full.clone() }),
+        ];
+        for (field, e) in cases {
+            assert_eq!(incomplete_fields(&e), [field]);
+        }
+    }
+}
