@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
     let commit = std::env::var("CUTTER_SOURCE_COMMIT").ok().or_else(|| {
-        let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+        let out = Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -1,15 +1,38 @@
 //! The gRPC contract of cutter-backup: the generated `cutter.backup.v1` types,
-//! client and server, plus the version facts every binary reports.
-
-#![allow(missing_docs)] // generated code carries the proto's own comments
+//! client and server, a client constructor for the daemon's Unix socket, and
+//! the version facts every binary reports.
 
 /// `cutter.backup.v1`, generated from `proto/cutter/backup/v1/backup.proto`.
+#[allow(missing_docs)] // generated code carries the proto's own comments
 pub mod v1 {
     tonic::include_proto!("cutter.backup.v1");
 }
+
+use std::path::Path;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use v1::backup_service_client::BackupServiceClient;
 
 /// The workspace version, shared by the daemon and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The git commit the binaries were built from ("unknown" outside a checkout).
 pub const SOURCE_COMMIT: &str = env!("CUTTER_SOURCE_COMMIT");
+
+/// Connects a client to the daemon listening on `socket`.
+pub async fn connect(
+    socket: &Path,
+) -> Result<BackupServiceClient<Channel>, tonic::transport::Error> {
+    let socket = socket.to_owned();
+    // The URI is required by the API but unused: the connector picks the socket.
+    let channel = Endpoint::from_static("http://cutter-backupd.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await?;
+    Ok(BackupServiceClient::new(channel))
+}

@@ -17,7 +17,10 @@ pub fn authorize<T>(req: &Request<T>, allowed: &[u32]) -> Result<(), Status> {
     match uid(req) {
         Some(u) if allowed.contains(&u) => Ok(()),
         Some(u) => {
-            tracing::warn!(peer_uid = u, "refused a peer whose uid is not in server.allowed_uids");
+            tracing::warn!(
+                peer_uid = u,
+                "refused a peer whose uid is not in server.allowed_uids"
+            );
             Err(Status::permission_denied(format!(
                 "uid {u} is not allowed; add it to server.allowed_uids"
             )))

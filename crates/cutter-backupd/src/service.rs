@@ -68,8 +68,8 @@ impl Daemon {
     /// Re-reads the config and env; a broken config keeps the last good one.
     async fn reload(&self) -> String {
         notify::reloading();
-        let loaded = Config::load(&self.config_path)
-            .and_then(|c| Setup::load(c, Setup::env_fingerprint()));
+        let loaded =
+            Config::load(&self.config_path).and_then(|c| Setup::load(c, Setup::env_fingerprint()));
         let summary = match loaded {
             Ok(setup) => {
                 let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
@@ -80,7 +80,10 @@ impl Daemon {
                 summary
             }
             Err(e) => {
-                let summary = format!("{} (reload failed, kept the last good config: {e})", self.summary().await);
+                let summary = format!(
+                    "{} (reload failed, kept the last good config: {e})",
+                    self.summary().await
+                );
                 tracing::error!(error = %e, "reload failed; keeping the last good config");
                 summary
             }
@@ -118,8 +121,12 @@ impl Daemon {
             }
         };
         match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| Err(Arc::new(Error::Encrypt("backup task vanished".into())))),
-            Err(_) => Err(Arc::new(Error::Encrypt("backup task ended without a result".into()))),
+            Ok(v) => v
+                .clone()
+                .unwrap_or_else(|| Err(Arc::new(Error::Encrypt("backup task vanished".into())))),
+            Err(_) => Err(Arc::new(Error::Encrypt(
+                "backup task ended without a result".into(),
+            ))),
         }
     }
 
@@ -185,7 +192,11 @@ impl BackupService for Service {
         self.authorize(&req)?;
         let run_id = req.into_inner().run_id;
         runid::validate(&run_id).map_err(|e| to_status(&e))?;
-        let (manifest, reused) = self.0.backup_flight(run_id).await.map_err(|e| to_status(&e))?;
+        let (manifest, reused) = self
+            .0
+            .backup_flight(run_id)
+            .await
+            .map_err(|e| to_status(&e))?;
         let setup = self.0.setup();
         Ok(Response::new(envelope(&setup, &manifest, reused)))
     }
@@ -245,7 +256,11 @@ impl BackupService for Service {
             uptime_seconds: self.0.started.elapsed().as_secs(),
             ready: report.passed(),
             summary: summarize(&setup, &report),
-            key_fpr_tail: setup.key.fingerprint().map(|f| f.tail().to_owned()).unwrap_or_default(),
+            key_fpr_tail: setup
+                .key
+                .fingerprint()
+                .map(|f| f.tail().to_owned())
+                .unwrap_or_default(),
             key_expires_at,
             last_backup,
             artifact_count: entries.len() as u64,
@@ -259,7 +274,11 @@ impl BackupService for Service {
 
 fn summarize(setup: &Setup, report: &Report) -> String {
     if report.passed() {
-        format!("ready: key {}, {} tables", shown_key(&setup.key), setup.tables.len())
+        format!(
+            "ready: key {}, {} tables",
+            shown_key(&setup.key),
+            setup.tables.len()
+        )
     } else {
         format!("FAIL-CLOSED: {}", report.failures())
     }
@@ -315,7 +334,9 @@ fn to_status(e: &Error) -> Status {
 
 /// Loads, binds, serves until SIGTERM/SIGINT, reloading on SIGHUP.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let (shutdown, mut hup) = Signals::register().context("registering signal handlers")?.split();
+    let (shutdown, mut hup) = Signals::register()
+        .context("registering signal handlers")?
+        .split();
     let setup = Setup::load(config, Setup::env_fingerprint()).context("loading the config")?;
     recover(&setup);
     let listener = listener::bind(&setup.config.server.socket).await?;

@@ -25,7 +25,12 @@ const WRITE_BUFFER: usize = 1 << 20;
 pub struct Producer(pub String);
 
 /// Takes the backup for `run_id` (already validated) and returns its manifest.
-pub async fn take(setup: &Setup, ready: &Ready, run_id: &str, producer: &Producer) -> Result<Manifest> {
+pub async fn take(
+    setup: &Setup,
+    ready: &Ready,
+    run_id: &str,
+    producer: &Producer,
+) -> Result<Manifest> {
     let started = Instant::now();
     let snapshot = setup.db.snapshot(&ready.tables).await?;
     let mut partial = setup.store.create_partial_artifact(run_id)?;
@@ -42,7 +47,9 @@ pub async fn take(setup: &Setup, ready: &Ready, run_id: &str, producer: &Produce
         let snapshot_id = snapshot.id.clone();
         tokio::task::spawn_blocking(move || {
             let mut dump = Dump::start(&ready.pg_dump, &target, &snapshot_id, &ready.tables)
-                .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display())))?;
+                .map_err(|e| {
+                    Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display()))
+                })?;
             match stream(&mut dump, file, &ready, packing) {
                 Ok(out) => {
                     let warnings = dump.finish().map_err(Error::PgDump)?;
@@ -115,13 +122,23 @@ async fn release(snapshot: Snapshot) {
 
 /// Pipes the dump through encryption into `file`, fsyncs it, and returns
 /// (sha256, artifact bytes, plaintext bytes).
-fn stream(dump: &mut Dump, file: File, ready: &Ready, packing: Packing) -> Result<(String, u64, u64)> {
+fn stream(
+    dump: &mut Dump,
+    file: File,
+    ready: &Ready,
+    packing: Packing,
+) -> Result<(String, u64, u64)> {
     let mut stdout = dump
         .stdout()
         .ok_or_else(|| Error::PgDump("pg_dump stdout was not captured".into()))?;
     let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
-    let plain = encrypt(&mut stdout, &mut sink, std::slice::from_ref(&ready.key), packing)
-        .map_err(Error::Encrypt)?;
+    let plain = encrypt(
+        &mut stdout,
+        &mut sink,
+        std::slice::from_ref(&ready.key),
+        packing,
+    )
+    .map_err(Error::Encrypt)?;
     drop(stdout);
     let (mut writer, sha256, size) = sink.finish();
     writer

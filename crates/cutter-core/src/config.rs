@@ -220,7 +220,9 @@ impl Config {
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.backup.tables.is_empty() {
-            return Err("backup.tables is empty: list the schema-qualified tables to back up".into());
+            return Err(
+                "backup.tables is empty: list the schema-qualified tables to back up".into(),
+            );
         }
         self.tables()?;
         if !(1..=9).contains(&self.backup.compression_level) {
@@ -357,7 +359,11 @@ mod tests {
         assert_eq!(v["BACKUP_GPG_FPR"], "ABC");
         assert_eq!(v["OTHER"], "x y");
         assert_eq!(v["PLAIN"], "z");
-        assert!(read_env_file(&dir.path().join("missing")).expect("ok").is_empty());
+        assert!(
+            read_env_file(&dir.path().join("missing"))
+                .expect("ok")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -370,6 +376,9 @@ mod tests {
             env_file: Some(p),
             ..KeyConfig::default()
         };
-        assert_eq!(configured_fingerprint(&key, Some("E".repeat(40))).expect("ok"), None);
+        assert_eq!(
+            configured_fingerprint(&key, Some("E".repeat(40))).expect("ok"),
+            None
+        );
     }
 }

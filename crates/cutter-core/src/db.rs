@@ -104,6 +104,15 @@ pub struct TableState {
     pub size_bytes: u64,
 }
 
+/// A sequence owned by a table in scope.
+#[derive(Debug, Clone)]
+pub struct SequenceState {
+    /// The sequence.
+    pub sequence: TableName,
+    /// The role has SELECT on it.
+    pub can_select: bool,
+}
+
 impl Database {
     /// Builds the pool without connecting: a database that is down at start
     /// makes selftest FAIL, it does not stop the daemon.
@@ -128,7 +137,10 @@ impl Database {
             host,
             port: opts.get_port(),
             user: opts.get_username().to_owned(),
-            database: opts.get_database().unwrap_or(opts.get_username()).to_owned(),
+            database: opts
+                .get_database()
+                .unwrap_or(opts.get_username())
+                .to_owned(),
             password,
         };
         let pool = PgPoolOptions::new()
@@ -198,6 +210,40 @@ impl Database {
             .collect())
     }
 
+    /// The sequences owned by the tables (serial and identity columns):
+    /// `pg_dump --table` dumps their values too, so the role needs SELECT on them.
+    pub async fn inspect_sequences(&self, tables: &[TableName]) -> Result<Vec<SequenceState>> {
+        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT DISTINCT sn.nspname::text, s.relname::text, \
+                    has_sequence_privilege(s.oid, 'SELECT') \
+             FROM unnest($1::text[], $2::text[]) AS t(nsp, rel) \
+             JOIN pg_namespace n ON n.nspname = t.nsp \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel \
+             JOIN pg_depend d ON d.refobjid = c.oid AND d.refclassid = 'pg_class'::regclass \
+                              AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+             ORDER BY 1, 2",
+        )
+        .bind(&schemas)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::from_sqlx(&e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SequenceState {
+                sequence: TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                can_select: r.get(2),
+            })
+            .collect())
+    }
+
     /// Opens a read-only REPEATABLE READ transaction, exports its snapshot
     /// and counts every table's rows in it.
     pub async fn snapshot(&self, tables: &[TableName]) -> Result<Snapshot> {
@@ -255,7 +301,8 @@ impl Snapshot {
 }
 
 fn read_password(path: &std::path::Path) -> Result<Secret> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read password_file", path, e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io("read password_file", path, e))?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
         return Err(Error::Config {

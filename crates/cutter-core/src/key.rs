@@ -86,10 +86,9 @@ pub fn load_cert(key: &KeyConfig, fpr: &Fingerprint) -> Result<LoadedCert, Strin
         .find(|c| c.fingerprint().to_hex() == fpr.as_str())
         .ok_or_else(|| match &origin {
             CertOrigin::File(p) => format!(
-                "no certificate with fingerprint {} in {}; export it with `gpg --export --armor {} >> {}`",
+                "no certificate with fingerprint {} in {}; export it with `gpg --export --armor \"$BACKUP_GPG_FPR\" >> {}`",
                 shown(fpr),
                 p.display(),
-                fpr,
                 p.display()
             ),
             CertOrigin::Keyring => format!(
@@ -107,9 +106,12 @@ pub fn load_cert(key: &KeyConfig, fpr: &Fingerprint) -> Result<LoadedCert, Strin
 fn certs_from_file(path: &Path) -> Result<Vec<Cert>, String> {
     let parser = CertParser::from_file(path)
         .map_err(|e| format!("cannot read key.cert_file {}: {e}", path.display()))?;
-    parser
-        .collect::<openpgp::Result<Vec<Cert>>>()
-        .map_err(|e| format!("key.cert_file {} is not an OpenPGP certificate: {e}", path.display()))
+    parser.collect::<openpgp::Result<Vec<Cert>>>().map_err(|e| {
+        format!(
+            "key.cert_file {} is not an OpenPGP certificate: {e}",
+            path.display()
+        )
+    })
 }
 
 fn certs_from_keyring(key: &KeyConfig, fpr: &Fingerprint) -> Result<Vec<Cert>, String> {
@@ -187,7 +189,7 @@ pub fn usable(loaded: &LoadedCert, now: SystemTime) -> Result<UsableKey, String>
             .map(crate::time::rfc3339)
             .unwrap_or_else(|| "an unknown time".into());
         return Err(format!(
-            "key {} expired ({e}) at {when}; extend it (`gpg --quick-set-expire {fpr} 2y`, then re-export) or rotate to a new key",
+            "key {} expired ({e}) at {when}; extend it (`gpg --quick-set-expire \"$BACKUP_GPG_FPR\" 2y`, then re-export) or rotate to a new key",
             shown(fpr)
         ));
     }
@@ -206,7 +208,7 @@ pub fn usable(loaded: &LoadedCert, now: SystemTime) -> Result<UsableKey, String>
     }
     if encryption_keys.is_empty() {
         return Err(format!(
-            "key {} has no encryption-capable subkey valid now; add one (`gpg --quick-add-key {fpr} cv25519 encr 2y`) and re-export",
+            "key {} has no encryption-capable subkey valid now; add one (`gpg --quick-add-key \"$BACKUP_GPG_FPR\" cv25519 encr 2y`) and re-export",
             shown(fpr)
         ));
     }

@@ -44,7 +44,12 @@ pub fn version(path: &Path) -> Result<PgDumpVersion, String> {
     let major = line
         .split_whitespace()
         .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
-        .ok_or_else(|| format!("{} --version printed {line:?}, not a pg_dump version", path.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "{} --version printed {line:?}, not a pg_dump version",
+                path.display()
+            )
+        })?;
     Ok(PgDumpVersion { major, line })
 }
 
@@ -104,7 +109,10 @@ impl Dump {
     /// Waits for pg_dump and judges it: any non-zero exit, signal, or an
     /// `error:` on stderr fails the dump.
     pub fn finish(mut self) -> Result<String, String> {
-        let status = self.child.wait().map_err(|e| format!("waiting for pg_dump: {e}"))?;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| format!("waiting for pg_dump: {e}"))?;
         let stderr = self
             .stderr
             .take()
@@ -123,7 +131,10 @@ fn judge(status: ExitStatus, stderr: &str) -> Result<(), String> {
     if !status.success() {
         return Err(format!("pg_dump exited with {status}: {tail}"));
     }
-    if tail.lines().any(|l| l.contains("error:") || l.starts_with("ERROR")) {
+    if tail
+        .lines()
+        .any(|l| l.contains("error:") || l.starts_with("ERROR"))
+    {
         return Err(format!("pg_dump reported an error despite exit 0: {tail}"));
     }
     Ok(())

@@ -25,7 +25,12 @@ pub fn validate(run_id: &str) -> Result<()> {
     match reason {
         None => Ok(()),
         Some(reason) => Err(Error::InvalidRunId {
-            shown: run_id.chars().take(MAX_LEN).collect::<String>().escape_debug().to_string(),
+            shown: run_id
+                .chars()
+                .take(MAX_LEN)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
             reason,
         }),
     }
@@ -44,7 +49,17 @@ mod tests {
 
     #[test]
     fn rejects_anything_that_could_escape_the_directory() {
-        for bad in ["", "../x", "a/b", ".hidden", "..", "a\0b", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "..",
+            "a\0b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(validate(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::config::{FprSource, TableName, quote_ident};
-use crate::db::{ServerInfo, TableState};
+use crate::db::{SequenceState, ServerInfo, TableState};
 use crate::error::{Error, ErrorKind};
 use crate::key::{UsableKey, shown, usable};
 use crate::pgdump::{self, PgDumpVersion};
@@ -110,7 +110,11 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
         Some(_) => check_tables(setup, &mut report).await,
         None => {
             for name in ["tables", "grants"] {
-                report.push(name, Status::Fail, "not checked: the database is unreachable");
+                report.push(
+                    name,
+                    Status::Fail,
+                    "not checked: the database is unreachable",
+                );
             }
             None
         }
@@ -152,7 +156,11 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
             None
         }
         KeyResolution::NotFound(fpr, why) => {
-            report.push("fingerprint", Status::Pass, format!("BACKUP_GPG_FPR {}", shown(fpr)));
+            report.push(
+                "fingerprint",
+                Status::Pass,
+                format!("BACKUP_GPG_FPR {}", shown(fpr)),
+            );
             report.push("key", Status::Fail, why.clone());
             return None;
         }
@@ -171,7 +179,11 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
         }
     };
     let Some(loaded) = loaded else {
-        report.push("key", Status::Fail, "not checked: fix the fingerprint first");
+        report.push(
+            "key",
+            Status::Fail,
+            "not checked: fix the fingerprint first",
+        );
         return None;
     };
     match usable(loaded, now) {
@@ -225,7 +237,10 @@ async fn check_database(setup: &Setup, report: &mut Report) -> Option<ServerInfo
             report.push(
                 "database",
                 Status::Pass,
-                format!("connected to {whom} as {}, PostgreSQL {}", info.role, info.version),
+                format!(
+                    "connected to {whom} as {}, PostgreSQL {}",
+                    info.role, info.version
+                ),
             );
             Some(info)
         }
@@ -281,7 +296,11 @@ fn check_pg_dump(
             None
         }
         _ => {
-            report.push("pg_dump", Status::Pass, format!("{} ({})", path.display(), v.line));
+            report.push(
+                "pg_dump",
+                Status::Pass,
+                format!("{} ({})", path.display(), v.line),
+            );
             Some((path, v))
         }
     }
@@ -289,7 +308,15 @@ fn check_pg_dump(
 
 /// Checks existence and grants; returns the summed table sizes.
 async fn check_tables(setup: &Setup, report: &mut Report) -> Option<u64> {
-    let states = match setup.db.inspect_tables(&setup.tables).await {
+    let inspected = match setup.db.inspect_tables(&setup.tables).await {
+        Ok(states) => setup
+            .db
+            .inspect_sequences(&setup.tables)
+            .await
+            .map(|seqs| (states, seqs)),
+        Err(e) => Err(e),
+    };
+    let (states, sequences) = match inspected {
         Ok(s) => s,
         Err(e) => {
             for name in ["tables", "grants"] {
@@ -320,7 +347,7 @@ async fn check_tables(setup: &Setup, report: &mut Report) -> Option<u64> {
         );
     }
     let role = &setup.db.target().user;
-    let grants = missing_grants(&states, role);
+    let grants = missing_grants(&states, &sequences, role);
     if grants.is_empty() {
         report.push(
             "grants",
@@ -341,7 +368,11 @@ async fn check_tables(setup: &Setup, report: &mut Report) -> Option<u64> {
 }
 
 /// The exact statements that would make `role` able to dump every table.
-pub fn missing_grants(states: &[TableState], role: &str) -> Vec<String> {
+pub fn missing_grants(
+    states: &[TableState],
+    sequences: &[SequenceState],
+    role: &str,
+) -> Vec<String> {
     let role = sql_name(role);
     let schemas: BTreeSet<&str> = states
         .iter()
@@ -358,6 +389,12 @@ pub fn missing_grants(states: &[TableState], role: &str) -> Vec<String> {
             .filter(|s| s.exists && !s.can_select)
             .map(|s| format!("GRANT SELECT ON {} TO {role};", display_name(&s.table))),
     );
+    out.extend(sequences.iter().filter(|s| !s.can_select).map(|s| {
+        format!(
+            "GRANT SELECT ON SEQUENCE {} TO {role};",
+            display_name(&s.sequence)
+        )
+    }));
     out
 }
 
@@ -368,8 +405,12 @@ fn display_name(t: &TableName) -> String {
 
 /// An identifier as SQL needs it: bare when lower-case plain, else quoted.
 fn sql_name(s: &str) -> String {
-    let plain = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain { s.to_owned() } else { quote_ident(s) }
 }
 
@@ -407,12 +448,20 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
     {
         return fail(
             report,
-            format!("{} is not writable by the daemon ({e}): fix its owner/permissions or mount", dir.display()),
+            format!(
+                "{} is not writable by the daemon ({e}): fix its owner/permissions or mount",
+                dir.display()
+            ),
         );
     }
     let free = match free_bytes(dir) {
         Ok(f) => f,
-        Err(e) => return fail(report, format!("cannot stat the file system of {}: {e}", dir.display())),
+        Err(e) => {
+            return fail(
+                report,
+                format!("cannot stat the file system of {}: {e}", dir.display()),
+            );
+        }
     };
     let margin = setup.config.backup.free_space_margin_mib * 1024 * 1024;
     let need = estimate.unwrap_or(0) + margin;
@@ -432,7 +481,11 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
     report.push(
         "backup_dir",
         Status::Pass,
-        format!("{} mode {mode:04o}, writable, {} MiB free", dir.display(), free >> 20),
+        format!(
+            "{} mode {mode:04o}, writable, {} MiB free",
+            dir.display(),
+            free >> 20
+        ),
     );
 }
 
@@ -467,12 +520,29 @@ mod tests {
             state("cutter_governance", "gone", false, false, false),
             state("Other", "T", true, false, false),
         ];
+        let seqs = [
+            SequenceState {
+                sequence: TableName {
+                    schema: "cutter_governance".into(),
+                    name: "verify_result_id_seq".into(),
+                },
+                can_select: false,
+            },
+            SequenceState {
+                sequence: TableName {
+                    schema: "cutter_governance".into(),
+                    name: "ok_id_seq".into(),
+                },
+                can_select: true,
+            },
+        ];
         assert_eq!(
-            missing_grants(&states, "cutter_exec"),
+            missing_grants(&states, &seqs, "cutter_exec"),
             [
                 "GRANT USAGE ON SCHEMA \"Other\" TO cutter_exec;",
                 "GRANT SELECT ON cutter_governance.verify_result TO cutter_exec;",
                 "GRANT SELECT ON \"Other\".\"T\" TO cutter_exec;",
+                "GRANT SELECT ON SEQUENCE cutter_governance.verify_result_id_seq TO cutter_exec;",
             ]
         );
     }

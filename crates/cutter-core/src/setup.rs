@@ -112,7 +112,14 @@ impl Setup {
 
 fn resolve_key(config: &Config, text: &str, source: FprSource) -> KeyResolution {
     let Some(fpr) = Fingerprint::parse(text) else {
-        let tail: String = text.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return KeyResolution::Malformed(tail);
     };
     match load_cert(&config.key, &fpr) {

@@ -37,7 +37,7 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub enum Entry {
     /// Artifact and manifest both present (checksum not checked here).
-    Complete(Manifest),
+    Complete(Box<Manifest>),
     /// An artifact without a readable manifest.
     Orphan {
         /// The run_id from the file name.
@@ -91,7 +91,10 @@ impl Store {
     }
 
     fn partial_of(final_path: &Path) -> PathBuf {
-        let name = final_path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         final_path.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
     }
 
@@ -237,7 +240,7 @@ impl Store {
             }
             let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
             out.push(match self.read_manifest(run_id) {
-                Ok(Some(m)) => Entry::Complete(m),
+                Ok(Some(m)) => Entry::Complete(Box::new(m)),
                 Ok(None) => Entry::Orphan {
                     run_id: run_id.to_owned(),
                     reason: "no manifest".into(),
@@ -299,11 +302,13 @@ fn read_manifest_file(path: &Path) -> Result<Option<Manifest>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", path, e)),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Io {
-        action: "parse manifest",
-        path: path.to_owned(),
-        source: e.into(),
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Io {
+            action: "parse manifest",
+            path: path.to_owned(),
+            source: e.into(),
+        })
 }
 
 /// sha256 (lowercase hex) and size of a file, streamed.

@@ -4,7 +4,6 @@
 //! no (selftest FAIL, backup refused or failed, incomplete envelope); 2 bad
 //! usage; 3 the daemon cannot be reached.
 
-mod client;
 mod output;
 
 use std::path::PathBuf;
@@ -46,7 +45,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cutterctl: cannot start: {e}");
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let mut client = match client::connect(&args.socket).await {
+    let mut client = match cutter_backup::connect(&args.socket).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!(

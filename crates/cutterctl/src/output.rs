@@ -17,7 +17,11 @@ fn status_word(s: i32) -> &'static str {
 }
 
 fn exit(ok: bool) -> ExitCode {
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
 }
 
 /// `SELFTEST: PASS|FAIL`, then one line per check.
@@ -32,7 +36,12 @@ pub fn selftest(r: &SelftestReport, as_json: bool) -> ExitCode {
     } else {
         println!("SELFTEST: {}", if r.passed { "PASS" } else { "FAIL" });
         for c in &r.checks {
-            println!("  {:<4}  {:<12} {}", status_word(c.status), c.name, c.detail);
+            println!(
+                "  {:<4}  {:<12} {}",
+                status_word(c.status),
+                c.name,
+                c.detail
+            );
         }
     }
     exit(r.passed)
@@ -65,10 +74,21 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let commit: String = s.source_commit.chars().take(12).collect();
-    println!("cutter-backupd {} (commit {commit}), up {}s", s.version, s.uptime_seconds);
+    println!(
+        "cutter-backupd {} (commit {commit}), up {}s",
+        s.version, s.uptime_seconds
+    );
     println!("readiness:   {}", s.summary);
-    let tail = if s.key_fpr_tail.is_empty() { "unset".to_owned() } else { format!("…{}", s.key_fpr_tail) };
-    let expiry = if s.key_expires_at.is_empty() { "no expiry known".to_owned() } else { format!("expires {}", s.key_expires_at) };
+    let tail = if s.key_fpr_tail.is_empty() {
+        "unset".to_owned()
+    } else {
+        format!("…{}", s.key_fpr_tail)
+    };
+    let expiry = if s.key_expires_at.is_empty() {
+        "no expiry known".to_owned()
+    } else {
+        format!("expires {}", s.key_expires_at)
+    };
     println!("key:         {tail}, {expiry}");
     match &s.last_backup {
         Some(b) => println!(
@@ -93,7 +113,11 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
 
 /// The envelope as JSON; non-zero when any of the four COMPLETE fields is empty.
 pub fn envelope(e: &BackupEnvelope) -> ExitCode {
-    let tables: Vec<_> = e.tables.iter().map(|t| json!({"table": t.table, "rows": t.rows})).collect();
+    let tables: Vec<_> = e
+        .tables
+        .iter()
+        .map(|t| json!({"table": t.table, "rows": t.rows}))
+        .collect();
     println!(
         "{}",
         json!({
@@ -146,7 +170,10 @@ pub fn incomplete_fields(e: &BackupEnvelope) -> Vec<&'static str> {
 pub fn rpc_error(s: &tonic::Status, as_json: bool) -> ExitCode {
     let unreachable = s.code() == tonic::Code::Unavailable && s.message().contains("transport");
     if as_json {
-        println!("{}", json!({"error": {"code": format!("{:?}", s.code()), "message": s.message()}}));
+        println!(
+            "{}",
+            json!({"error": {"code": format!("{:?}", s.code()), "message": s.message()}})
+        );
     }
     eprintln!("cutterctl: {:?}: {}", s.code(), s.message());
     if unreachable {
@@ -164,7 +191,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 #[cfg(test)]
@@ -182,10 +213,34 @@ mod tests {
         };
         assert!(incomplete_fields(&full).is_empty());
         let cases: [(&str, BackupEnvelope); 4] = [
-            ("sha256", BackupEnvelope { sha256: String::new(), ..full.clone() }),
-            ("size_bytes", BackupEnvelope { size_bytes: 0, ..full.clone() }),
-            ("gpg_fpr", BackupEnvelope { gpg_fpr: String::new(), ..full.clone() }),
-            ("artifact_ref", BackupEnvelope { artifact_ref: String::new(), ..full.clone() }),
+            (
+                "sha256",
+                BackupEnvelope {
+                    sha256: String::new(),
+                    ..full.clone()
+                },
+            ),
+            (
+                "size_bytes",
+                BackupEnvelope {
+                    size_bytes: 0,
+                    ..full.clone()
+                },
+            ),
+            (
+                "gpg_fpr",
+                BackupEnvelope {
+                    gpg_fpr: String::new(),
+                    ..full.clone()
+                },
+            ),
+            (
+                "artifact_ref",
+                BackupEnvelope {
+                    artifact_ref: String::new(),
+                    ..full.clone()
+                },
+            ),
         ];
         for (field, e) in cases {
             assert_eq!(incomplete_fields(&e), [field]);

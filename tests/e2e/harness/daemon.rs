@@ -1,0 +1,202 @@
+//! The real `cutter-backupd` on a socket in a temp dir, and `cutterctl`.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cutter_backup::v1::backup_service_client::BackupServiceClient;
+use tonic::transport::Channel;
+
+use super::proc::workspace_bin;
+
+/// What goes into the daemon's config file and environment.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// `BACKUP_GPG_FPR` in the daemon's environment (None: unset).
+    pub fingerprint: Option<String>,
+    /// `key.cert_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `key.env_file` (the operator's env file, re-read on reload).
+    pub env_file: Option<PathBuf>,
+    /// `key.gnupg_home` (keyring fallback).
+    pub gnupg_home: Option<PathBuf>,
+    /// `database.url`.
+    pub database_url: String,
+    /// Written to `database.password_file`.
+    pub password: Option<String>,
+    /// `backup.dir`.
+    pub backup_dir: PathBuf,
+    /// `backup.tables`.
+    pub tables: Vec<String>,
+    /// `backup.pg_dump`.
+    pub pg_dump: Option<PathBuf>,
+    /// `server.allowed_uids`.
+    pub allowed_uids: Vec<u32>,
+    /// Extra TOML appended verbatim (inside `[backup]`).
+    pub extra: String,
+    /// Run the daemon as this uid (and gid) instead of the test's.
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl DaemonConfig {
+    /// The TOML text; paths in `dir`.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut toml = String::new();
+        toml.push_str(&format!(
+            "[server]\nsocket = {}\nallowed_uids = {:?}\n\n[key]\n",
+            q(&dir.join("backupd.sock")),
+            self.allowed_uids
+        ));
+        if let Some(c) = &self.cert_file {
+            toml.push_str(&format!("cert_file = {}\n", q(c)));
+        }
+        if let Some(e) = &self.env_file {
+            toml.push_str(&format!("env_file = {}\n", q(e)));
+        }
+        if let Some(h) = &self.gnupg_home {
+            toml.push_str(&format!("gnupg_home = {}\n", q(h)));
+        }
+        toml.push_str(&format!("\n[database]\nurl = {:?}\n", self.database_url));
+        if let Some(pw) = &self.password {
+            let pwfile = dir.join("db-password");
+            std::fs::write(&pwfile, format!("{pw}\n")).expect("write password file");
+            std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod password file");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))
+                    .expect("chown password file");
+            }
+            toml.push_str(&format!("password_file = {}\n", q(&pwfile)));
+        }
+        toml.push_str(&format!(
+            "\n[backup]\ndir = {}\ntables = {:?}\n",
+            q(&self.backup_dir),
+            self.tables
+        ));
+        if let Some(p) = &self.pg_dump {
+            toml.push_str(&format!("pg_dump = {}\n", q(p)));
+        }
+        toml.push_str(&self.extra);
+        let path = dir.join("backupd.toml");
+        std::fs::write(&path, toml).expect("write config");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod config");
+        path
+    }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes the config into `dir`, starts the daemon and waits for its socket.
+    pub fn start(dir: &Path, cfg: &DaemonConfig) -> Self {
+        let config = cfg.write(dir);
+        let socket = dir.join("backupd.sock");
+        let log = dir.join(format!("backupd-{}.log", std::process::id()));
+        let mut cmd = Command::new(workspace_bin("cutter-backupd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .env_remove("BACKUP_GPG_FPR")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("daemon log"));
+        if let Some(f) = &cfg.fingerprint {
+            cmd.env("BACKUP_GPG_FPR", f);
+        }
+        if let Some((uid, gid)) = cfg.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().expect("spawn cutter-backupd");
+        let mut d = Self { child, socket, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cutter-backupd exited early ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cutter-backupd did not listen within 20 s:\n{}", self.log());
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A gRPC client on the socket.
+    pub async fn client(&self) -> BackupServiceClient<Channel> {
+        cutter_backup::connect(&self.socket)
+            .await
+            .expect("connect to the daemon")
+    }
+
+    /// Runs `cutterctl --socket <socket> args…`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.socket, args)
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: &str) {
+        super::proc::run(Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]));
+    }
+
+    /// Waits for the daemon to exit; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `cutterctl --socket socket args…`.
+pub fn ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin("cutterctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cutterctl")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,84 @@
+//! Running helper programs: loudly, with their output in the panic message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Runs `cmd`, panicking with its stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed?)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A binary on PATH; panics (never skips) when it is missing.
+pub fn require(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: run the README's test command, which installs it")
+        })
+}
+
+/// A binary built from this workspace (`cargo build --workspace` first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/e2e-… → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Root runs PostgreSQL tools as `postgres`: (uid, gid), or None when not root.
+pub fn postgres_ids() -> Option<(u32, u32)> {
+    if current_uid() != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = run(Command::new("id").args([flag, "postgres"]));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+/// The effective uid of this process.
+pub fn current_uid() -> u32 {
+    let out = run(Command::new("id").arg("-u"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("numeric uid")
+}
+
+/// sha256 of a file through coreutils, so checks share no code with the daemon.
+pub fn sha256sum(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_owned()
+}

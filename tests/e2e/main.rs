@@ -1,0 +1,10 @@
+//! End-to-end tests: the real daemon and CLI against a throwaway PostgreSQL
+//! cluster and real GnuPG. Run through the README's test command, which
+//! builds the binaries first and installs PostgreSQL and GnuPG.
+
+mod harness;
+
+mod fail_closed;
+mod lifecycle;
+mod requests;
+mod roundtrip;
