@@ -117,10 +117,11 @@ impl Database {
     /// Builds the pool without connecting: a database that is down at start
     /// makes selftest FAIL, it does not stop the daemon.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Self> {
-        let mut opts = PgConnectOptions::from_str(&cfg.url).map_err(|e| Error::Config {
-            path: "database.url".into(),
-            reason: e.to_string(),
-        })?;
+        let mut opts =
+            PgConnectOptions::from_str(&with_host(&cfg.url)).map_err(|e| Error::Config {
+                path: "database.url".into(),
+                reason: e.to_string(),
+            })?;
         opts = opts.application_name("cutter-backupd");
         let password = match &cfg.password_file {
             Some(path) => Some(read_password(path)?),
@@ -300,6 +301,25 @@ impl Snapshot {
     }
 }
 
+/// libpq accepts `postgres://user@/db?host=/run/postgresql` (empty host, the
+/// socket directory in `host=`); sqlx wants a host, which `host=` then overrides.
+fn with_host(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    if host.is_empty() {
+        format!("{scheme}://{user}localhost{tail}")
+    } else {
+        url.to_owned()
+    }
+}
+
 fn read_password(path: &std::path::Path) -> Result<Secret> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Error::io("read password_file", path, e))?;
@@ -311,4 +331,35 @@ fn read_password(path: &std::path::Path) -> Result<Secret> {
         });
     }
     Ok(Secret(line.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_urls_without_a_host_are_accepted() {
+        assert_eq!(
+            with_host("postgres://cutter_exec@/directus?host=/run/postgresql"),
+            "postgres://cutter_exec@localhost/directus?host=/run/postgresql"
+        );
+        assert_eq!(
+            with_host("postgres:///directus"),
+            "postgres://localhost/directus"
+        );
+        assert_eq!(
+            with_host("postgres://u@db:5433/x"),
+            "postgres://u@db:5433/x"
+        );
+        let opts = PgConnectOptions::from_str(&with_host(
+            "postgres://cutter_exec@/directus?host=/run/postgresql&port=5433",
+        ))
+        .expect("parses");
+        assert_eq!(
+            opts.get_socket().map(|p| p.display().to_string()),
+            Some("/run/postgresql".into())
+        );
+        assert_eq!(opts.get_port(), 5433);
+        assert_eq!(opts.get_username(), "cutter_exec");
+    }
 }

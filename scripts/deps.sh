@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages cutter-backup needs to build, test and demo:
+# PostgreSQL (server + client), GnuPG, and what sequoia's OpenSSL backend
+# needs to build. Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
