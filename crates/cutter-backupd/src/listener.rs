@@ -7,6 +7,16 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 
+/// The listening socket systemd passed (LISTEN_FDS/LISTEN_PID), if any.
+/// Must run before threads start: it removes those variables.
+pub fn take_activated() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    fds.take_unix_listener(0)
+}
+
 /// Binds `path` and restricts it to its owner.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent()

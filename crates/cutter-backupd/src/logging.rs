@@ -9,7 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some()
+    if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {
         registry
@@ -25,4 +25,19 @@ pub fn init() {
                 .with_target(false),
         )
         .init();
+}
+
+/// True when JOURNAL_STREAM names the device and inode of our stderr, i.e.
+/// systemd connected stderr to the journal (not merely inherited the variable).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match rustix::fs::fstat(std::io::stderr()) {
+        Ok(st) => dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino),
+        Err(_) => false,
+    }
 }

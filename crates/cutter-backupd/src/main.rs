@@ -3,11 +3,13 @@
 //!
 //! args → config → logging → runtime → run → exit code.
 
+mod daemon;
+mod grpc;
 mod listener;
 mod logging;
 mod notify;
 mod peer;
-mod service;
+mod server;
 mod signals;
 
 use std::path::PathBuf;
@@ -46,6 +48,14 @@ fn main() -> ExitCode {
         println!("config {} OK", args.config.display());
         return ExitCode::SUCCESS;
     }
+    // Before any thread exists: taking the fds edits the environment.
+    let activated = match listener::take_activated() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cutter-backupd: the socket passed by systemd is unusable: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("backupd")
@@ -57,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(service::run(args.config, config)) {
+    match runtime.block_on(server::run(args.config, config, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "stopped with an error");

@@ -26,6 +26,22 @@ pub fn reloaded(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// The watchdog interval systemd expects pings within, if it set one.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// Proves liveness to systemd's watchdog.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// Asks systemd for more time to stop (a backup is finishing).
+pub fn extend_timeout(by: std::time::Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+}
+
 /// Tells systemd the daemon is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping]);

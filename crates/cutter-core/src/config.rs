@@ -45,6 +45,10 @@ pub struct ServerConfig {
     /// Peer uids allowed to call (checked with SO_PEERCRED).
     #[serde(default = "default_allowed_uids")]
     pub allowed_uids: Vec<u32>,
+    /// On SIGTERM, how long running backups may take to finish before they
+    /// are aborted (pg_dump killed, partials removed).
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +56,7 @@ impl Default for ServerConfig {
         Self {
             socket: default_socket(),
             allowed_uids: default_allowed_uids(),
+            stop_grace_secs: default_stop_grace(),
         }
     }
 }
@@ -139,6 +144,9 @@ pub struct BackupConfig {
     /// Backups of different run_ids allowed to run at once.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
+    /// A backup whose dump yields no bytes for this long is aborted.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_secs: u64,
 }
 
 fn default_socket() -> PathBuf {
@@ -146,6 +154,9 @@ fn default_socket() -> PathBuf {
 }
 fn default_allowed_uids() -> Vec<u32> {
     vec![0]
+}
+fn default_stop_grace() -> u64 {
+    60
 }
 fn default_gpg() -> PathBuf {
     PathBuf::from("gpg")
@@ -170,6 +181,9 @@ fn default_margin() -> u64 {
 }
 fn default_max_concurrent() -> usize {
     2
+}
+fn default_stall_timeout() -> u64 {
+    300
 }
 
 /// A table in scope, split into schema and name.
@@ -227,6 +241,9 @@ impl Config {
         self.tables()?;
         if !(1..=9).contains(&self.backup.compression_level) {
             return Err("backup.compression_level must be 1..=9".into());
+        }
+        if self.backup.stall_timeout_secs == 0 {
+            return Err("backup.stall_timeout_secs must be at least 1".into());
         }
         if self.backup.max_concurrent == 0 {
             return Err("backup.max_concurrent must be at least 1".into());

@@ -68,6 +68,12 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The daemon is stopping and takes no new backups.
+    #[error("the daemon is stopping; retry once it is back")]
+    Stopping,
+    /// An invariant of the daemon itself broke (a task vanished).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An artifact exists under the final name but does not match its manifest.
     #[error(
         "artifact {path} exists but does not verify ({reason}); move it aside for inspection, it is never overwritten"
@@ -88,10 +94,12 @@ impl Error {
             Error::NotReady(_) | Error::Config { .. } | Error::CorruptArtifact { .. } => {
                 ErrorKind::FailedPrecondition
             }
-            Error::DatabaseUnavailable(_) => ErrorKind::Unavailable,
-            Error::Database(_) | Error::PgDump(_) | Error::Encrypt(_) | Error::Io { .. } => {
-                ErrorKind::Internal
-            }
+            Error::DatabaseUnavailable(_) | Error::Stopping => ErrorKind::Unavailable,
+            Error::Database(_)
+            | Error::PgDump(_)
+            | Error::Encrypt(_)
+            | Error::Io { .. }
+            | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 

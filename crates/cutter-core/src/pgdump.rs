@@ -5,7 +5,7 @@
 //! `pg_dump | gpg` pipe happily encrypts an error into a valid, tiny file.
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -86,13 +86,21 @@ impl Dump {
                 cmd.env_remove(k);
             }
         }
+        // Its own process group, so an abort reaches every process a wrapper
+        // script may have started, not just the one we spawned.
         cmd.envs(target.env())
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().map(collect_stderr);
         Ok(Self { child, stderr })
+    }
+
+    /// A handle that can kill the whole dump from another thread.
+    pub fn killer(&self) -> Killer {
+        Killer(self.child.id())
     }
 
     /// The dump's stdout; take it once.
@@ -102,7 +110,7 @@ impl Dump {
 
     /// Kills pg_dump (a failed write downstream) and reaps it.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
+        self.killer().kill();
         let _ = self.child.wait();
     }
 
@@ -120,6 +128,22 @@ impl Dump {
             .unwrap_or_default();
         judge(status, &stderr)?;
         Ok(stderr)
+    }
+}
+
+/// Kills a running dump's process group (abort on stop or stall).
+#[derive(Debug, Clone, Copy)]
+pub struct Killer(u32);
+
+impl Killer {
+    /// SIGKILL to the dump's process group; its stdout then ends.
+    pub fn kill(self) {
+        let pid = i32::try_from(self.0)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 

@@ -1,0 +1,207 @@
+//! The daemon's shared state: the current [`Setup`] (swapped on reload), the
+//! in-flight backups, the concurrency limit and the stop flag.
+//!
+//! Concurrency: requests for one run_id share one backup (single flight);
+//! different run_ids run in parallel up to `backup.max_concurrent`. A backup
+//! runs in its own task, so a caller that disconnects does not cancel it;
+//! only the end of the stop grace period does.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, watch};
+
+use cutter_core::backup::{self, Cancel, Producer};
+use cutter_core::config::Config;
+use cutter_core::manifest::Manifest;
+use cutter_core::selftest::{self, Report};
+use cutter_core::setup::{Setup, shown_key};
+use cutter_core::{Error, runid};
+
+use crate::notify;
+
+/// The outcome of one flight, shared by every caller of that run_id.
+pub type Outcome = Result<(Manifest, bool), Arc<Error>>;
+
+/// State shared by every request.
+pub struct Daemon {
+    config_path: PathBuf,
+    setup: RwLock<Arc<Setup>>,
+    flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    permits: RwLock<Arc<Semaphore>>,
+    running: AtomicUsize,
+    stopping: AtomicBool,
+    cancel: Cancel,
+    /// When the daemon started.
+    pub started: Instant,
+    producer: Producer,
+}
+
+impl Daemon {
+    /// Wraps a loaded setup.
+    pub fn new(config_path: PathBuf, setup: Setup) -> Self {
+        let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
+        Self {
+            config_path,
+            setup: RwLock::new(Arc::new(setup)),
+            flights: Mutex::new(HashMap::new()),
+            permits: RwLock::new(permits),
+            running: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            cancel: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
+            producer: Producer(format!(
+                "cutter-backupd {} ({})",
+                cutter_backup::VERSION,
+                cutter_backup::SOURCE_COMMIT
+            )),
+        }
+    }
+
+    /// The current setup; a running backup keeps the one it started with.
+    pub fn setup(&self) -> Arc<Setup> {
+        Arc::clone(&self.setup.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Re-reads the config and env; a broken config keeps the last good one.
+    pub async fn reload(&self) -> String {
+        notify::reloading();
+        let loaded =
+            Config::load(&self.config_path).and_then(|c| Setup::load(c, Setup::env_fingerprint()));
+        let summary = match loaded {
+            Ok(setup) => {
+                let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
+                *self.setup.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(setup);
+                *self.permits.write().unwrap_or_else(PoisonError::into_inner) = permits;
+                let summary = self.summary().await;
+                tracing::info!(status = %summary, "reloaded");
+                summary
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the last good config");
+                format!(
+                    "{} (reload failed, kept the last good config: {e})",
+                    self.summary().await
+                )
+            }
+        };
+        notify::reloaded(&summary);
+        summary
+    }
+
+    /// The one-line STATUS text, from a fresh selftest.
+    pub async fn summary(&self) -> String {
+        let setup = self.setup();
+        let (report, _) = selftest::run(&setup).await;
+        summarize(&setup, &report)
+    }
+
+    /// Backups currently running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new backups from now on.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Abort running backups: pg_dump is killed, partials removed.
+    pub fn cancel_running(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// The backup for `run_id`, shared with concurrent callers of the same id.
+    pub async fn backup(self: &Arc<Self>, run_id: String) -> Outcome {
+        runid::validate(&run_id).map_err(Arc::new)?;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Arc::new(Error::Stopping));
+        }
+        let mut rx = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&run_id) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(run_id.clone(), rx.clone());
+                    self.running.fetch_add(1, Ordering::SeqCst);
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let outcome = me.run_backup(&run_id).await.map_err(Arc::new);
+                        let _ = tx.send(Some(outcome));
+                        me.flights
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&run_id);
+                        me.running.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    rx
+                }
+            }
+        };
+        let lost = || {
+            Arc::new(Error::Internal(
+                "the backup task ended without a result".into(),
+            ))
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| Err(lost())),
+            Err(_) => Err(lost()),
+        }
+    }
+
+    async fn run_backup(&self, run_id: &str) -> Result<(Manifest, bool), Error> {
+        let setup = self.setup();
+        let (report, ready) = selftest::run(&setup).await;
+        let Some(ready) = ready else {
+            let e = report.refusal();
+            tracing::warn!(run_id, error = %e, "backup refused");
+            return Err(e);
+        };
+        let store = setup.store.clone();
+        let id = run_id.to_owned();
+        let existing = tokio::task::spawn_blocking(move || store.existing_verified(&id))
+            .await
+            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))??;
+        if let Some(m) = existing {
+            tracing::info!(run_id, sha256 = %m.sha256, "returning the existing complete artifact");
+            return Ok((m, true));
+        }
+        let permits = Arc::clone(&self.permits.read().unwrap_or_else(PoisonError::into_inner));
+        let _permit = permits.acquire_owned().await.map_err(|_| Error::Stopping)?;
+        let started = Instant::now();
+        match backup::take(&setup, &ready, run_id, &self.producer, &self.cancel).await {
+            Ok(m) => {
+                tracing::info!(
+                    run_id,
+                    sha256 = %m.sha256,
+                    size_bytes = m.size_bytes,
+                    rows = m.total_rows(),
+                    duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "backup complete"
+                );
+                Ok((m, false))
+            }
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "backup failed; nothing was left behind");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `ready: key …1A2B3C4D, 9 tables` or `FAIL-CLOSED: <failing checks>`.
+pub fn summarize(setup: &Setup, report: &Report) -> String {
+    if report.passed() {
+        format!(
+            "ready: key {}, {} tables",
+            shown_key(&setup.key),
+            setup.tables.len()
+        )
+    } else {
+        format!("FAIL-CLOSED: {}", report.failures())
+    }
+}

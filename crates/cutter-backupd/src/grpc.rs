@@ -1,0 +1,163 @@
+//! The gRPC face of the daemon: authorisation, the three RPCs, and the
+//! mapping of core errors to status codes a caller can act on.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tonic::{Request, Response, Status};
+
+use cutter_backup::v1::backup_service_server::BackupService;
+use cutter_backup::v1::{
+    BackupEnvelope, Check, LastBackup, PreWriteBackupRequest, SelftestReport, SelftestRequest,
+    StatusReport, StatusRequest, TableCount, check,
+};
+use cutter_core::manifest::Manifest;
+use cutter_core::selftest;
+use cutter_core::setup::{KeyResolution, Setup};
+use cutter_core::store::Entry;
+use cutter_core::{Error, ErrorKind, key};
+
+use crate::daemon::{Daemon, summarize};
+use crate::peer;
+
+/// The gRPC face of [`Daemon`].
+#[derive(Clone)]
+pub struct Service(pub Arc<Daemon>);
+
+impl Service {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        peer::authorize(req, &self.0.setup().config.server.allowed_uids)
+    }
+}
+
+#[tonic::async_trait]
+impl BackupService for Service {
+    async fn pre_write_backup(
+        &self,
+        req: Request<PreWriteBackupRequest>,
+    ) -> Result<Response<BackupEnvelope>, Status> {
+        self.authorize(&req)?;
+        let run_id = req.into_inner().run_id;
+        let (manifest, reused) = self.0.backup(run_id).await.map_err(|e| to_status(&e))?;
+        let setup = self.0.setup();
+        Ok(Response::new(envelope(&setup, &manifest, reused)))
+    }
+
+    async fn selftest(
+        &self,
+        req: Request<SelftestRequest>,
+    ) -> Result<Response<SelftestReport>, Status> {
+        self.authorize(&req)?;
+        let (report, _) = selftest::run(&self.0.setup()).await;
+        Ok(Response::new(SelftestReport {
+            passed: report.passed(),
+            checks: report.checks.iter().map(to_check).collect(),
+        }))
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReport>, Status> {
+        self.authorize(&req)?;
+        let setup = self.0.setup();
+        let (report, _) = selftest::run(&setup).await;
+        let store = setup.store.clone();
+        let entries = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .unwrap_or_default();
+        let key_expires_at = match &setup.key {
+            KeyResolution::Loaded(c, _) => key::usable(c, SystemTime::now())
+                .ok()
+                .and_then(|k| k.expires_at)
+                .map(cutter_core::time::rfc3339)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let last_backup = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Complete(m) => Some(m),
+                Entry::Orphan { .. } => None,
+            })
+            .max_by(|a, b| a.created_at.cmp(&b.created_at))
+            .map(|m| LastBackup {
+                run_id: m.run_id.clone(),
+                created_at: m.created_at.clone(),
+                size_bytes: m.size_bytes,
+                sha256: m.sha256.clone(),
+            });
+        let artifact_bytes = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Complete(m) => m.size_bytes,
+                Entry::Orphan { size_bytes, .. } => *size_bytes,
+            })
+            .sum();
+        Ok(Response::new(StatusReport {
+            version: cutter_backup::VERSION.to_owned(),
+            source_commit: cutter_backup::SOURCE_COMMIT.to_owned(),
+            uptime_seconds: self.0.started.elapsed().as_secs(),
+            ready: report.passed(),
+            summary: summarize(&setup, &report),
+            key_fpr_tail: setup
+                .key
+                .fingerprint()
+                .map(|f| f.tail().to_owned())
+                .unwrap_or_default(),
+            key_expires_at,
+            last_backup,
+            artifact_count: entries.len() as u64,
+            artifact_bytes,
+            backup_dir: setup.store.dir().display().to_string(),
+            disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
+            tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+fn envelope(setup: &Setup, m: &Manifest, reused: bool) -> BackupEnvelope {
+    BackupEnvelope {
+        run_id: m.run_id.clone(),
+        sha256: m.sha256.clone(),
+        size_bytes: m.size_bytes,
+        gpg_fpr: m.gpg_fpr.clone(),
+        artifact_ref: setup.store.artifact_path(&m.run_id).display().to_string(),
+        created_at: m.created_at.clone(),
+        tables: m
+            .tables
+            .iter()
+            .map(|t| TableCount {
+                table: t.table.clone(),
+                rows: t.rows,
+            })
+            .collect(),
+        manifest_ref: setup.store.manifest_path(&m.run_id).display().to_string(),
+        server_version: m.server_version.clone(),
+        pg_dump_version: m.pg_dump_version.clone(),
+        duration_ms: m.duration_ms,
+        reused,
+        recipient_fprs: m.recipients.iter().map(|r| r.fingerprint.clone()).collect(),
+    }
+}
+
+fn to_check(c: &selftest::Check) -> Check {
+    let status = match c.status {
+        selftest::Status::Pass => check::Status::Pass,
+        selftest::Status::Warn => check::Status::Warn,
+        selftest::Status::Fail => check::Status::Fail,
+    };
+    Check {
+        name: c.name.to_owned(),
+        status: status.into(),
+        detail: c.detail.clone(),
+    }
+}
+
+fn to_status(e: &Error) -> Status {
+    let msg = e.to_string();
+    match e.kind() {
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::Internal => Status::internal(msg),
+    }
+}

@@ -1,0 +1,167 @@
+//! The server's life: load, recover, listen (socket-activated or bound),
+//! READY, watchdog, reload on SIGHUP, graceful stop on SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use cutter_backup::v1::backup_service_server::BackupServiceServer;
+use cutter_core::config::Config;
+use cutter_core::setup::{Setup, shown_key};
+
+use crate::daemon::Daemon;
+use crate::grpc::Service;
+use crate::{listener, notify, signals::Signals};
+
+/// Loads, listens, serves until SIGTERM/SIGINT, reloading on SIGHUP.
+/// `activated` is the socket systemd passed, if any.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<()> {
+    let (stop_signal, hup) = Signals::register()
+        .context("registering signal handlers")?
+        .split();
+    let setup = Setup::load(config, Setup::env_fingerprint()).context("loading the config")?;
+    recover(&setup);
+    let socket = setup.config.server.socket.clone();
+    let grace = Duration::from_secs(setup.config.server.stop_grace_secs);
+    let (listener, owns_socket) = match activated {
+        Some(l) => {
+            l.set_nonblocking(true).context("socket from systemd")?;
+            (
+                UnixListener::from_std(l).context("socket from systemd")?,
+                false,
+            )
+        }
+        None => (listener::bind(&socket).await?, true),
+    };
+    tracing::info!(
+        socket = %socket.display(),
+        activated = !owns_socket,
+        key = %shown_key(&setup.key),
+        tables = setup.tables.len(),
+        "listening"
+    );
+    let status = format!(
+        "starting: first selftest running (key {}, {} tables)",
+        shown_key(&setup.key),
+        setup.tables.len()
+    );
+    let daemon = Arc::new(Daemon::new(config_path, setup));
+    notify::ready(&status);
+    spawn_first_selftest(&daemon);
+    spawn_reloader(&daemon, hup);
+    spawn_watchdog(&daemon);
+
+    let stop = {
+        let daemon = Arc::clone(&daemon);
+        async move {
+            stop_signal.await;
+            daemon.begin_stop();
+            notify::stopping();
+            spawn_grace_timer(&daemon, grace);
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(BackupServiceServer::new(Service(Arc::clone(&daemon))))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .await
+        .context("serving gRPC")?;
+    // Backups whose caller went away still run in their own tasks.
+    while daemon.running() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.setup().db.close().await;
+    if owns_socket {
+        let _ = std::fs::remove_file(&socket);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_first_selftest(daemon: &Arc<Daemon>) {
+    let d = Arc::clone(daemon);
+    tokio::spawn(async move {
+        let summary = d.summary().await;
+        tracing::info!(status = %summary, "first selftest");
+        notify::status(&summary);
+    });
+}
+
+fn spawn_reloader(daemon: &Arc<Daemon>, mut hup: tokio::signal::unix::Signal) {
+    let d = Arc::clone(daemon);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            d.reload().await;
+        }
+    });
+}
+
+/// WATCHDOG=1 at half of WATCHDOG_USEC, from a task on the same runtime that
+/// serves requests, after touching the daemon's shared state: a wedged
+/// runtime or a poisoned lock stops the pings and systemd restarts us.
+fn spawn_watchdog(daemon: &Arc<Daemon>) {
+    let Some(interval) = notify::watchdog_interval() else {
+        return;
+    };
+    let d = Arc::clone(daemon);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            let alive = tokio::task::spawn_blocking(|| ()).await.is_ok();
+            let _ = d.setup();
+            if alive {
+                notify::watchdog();
+            }
+        }
+    });
+}
+
+/// After `grace`, running backups are aborted; systemd is told how long the
+/// stop may take so it does not SIGKILL a backup that is finishing.
+fn spawn_grace_timer(daemon: &Arc<Daemon>, grace: Duration) {
+    if daemon.running() > 0 {
+        notify::extend_timeout(grace + Duration::from_secs(10));
+        tracing::info!(
+            running = daemon.running(),
+            grace_secs = grace.as_secs(),
+            "waiting for running backups"
+        );
+    }
+    let d = Arc::clone(daemon);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if d.running() > 0 {
+            tracing::warn!(
+                running = d.running(),
+                "stop grace period over: aborting running backups"
+            );
+            d.cancel_running();
+        }
+    });
+}
+
+/// Start-up recovery of partial files; a missing directory is selftest's job.
+fn recover(setup: &Setup) {
+    if !setup.store.dir().is_dir() {
+        return;
+    }
+    match setup.store.recover() {
+        Ok(r) => {
+            for p in &r.removed {
+                tracing::info!(path = %p.display(), "removed a leftover partial file");
+            }
+            for id in &r.completed {
+                tracing::info!(run_id = %id, "completed a backup interrupted between renames");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
+    }
+}
