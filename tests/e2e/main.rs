@@ -8,3 +8,4 @@ mod fail_closed;
 mod lifecycle;
 mod requests;
 mod roundtrip;
+mod systemd;

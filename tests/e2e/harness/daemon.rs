@@ -1,7 +1,9 @@
 //! The real `cutter-backupd` on a socket in a temp dir, and `cutterctl`.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,8 +37,12 @@ pub struct DaemonConfig {
     pub pg_dump: Option<PathBuf>,
     /// `server.allowed_uids`.
     pub allowed_uids: Vec<u32>,
-    /// Extra TOML appended verbatim (inside `[backup]`).
+    /// Extra TOML appended verbatim inside `[backup]`.
     pub extra: String,
+    /// Extra TOML appended verbatim inside `[server]`.
+    pub server_extra: String,
+    /// Extra environment for the daemon (NOTIFY_SOCKET, WATCHDOG_USEC…).
+    pub env: Vec<(String, String)>,
     /// Run the daemon as this uid (and gid) instead of the test's.
     pub run_as: Option<(u32, u32)>,
 }
@@ -47,9 +53,10 @@ impl DaemonConfig {
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         let mut toml = String::new();
         toml.push_str(&format!(
-            "[server]\nsocket = {}\nallowed_uids = {:?}\n\n[key]\n",
+            "[server]\nsocket = {}\nallowed_uids = {:?}\n{}\n[key]\n",
             q(&dir.join("backupd.sock")),
-            self.allowed_uids
+            self.allowed_uids,
+            self.server_extra
         ));
         if let Some(c) = &self.cert_file {
             toml.push_str(&format!("cert_file = {}\n", q(c)));
@@ -100,19 +107,48 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the config into `dir`, starts the daemon and waits for its socket.
     pub fn start(dir: &Path, cfg: &DaemonConfig) -> Self {
+        Self::spawn(dir, cfg, None)
+    }
+
+    /// Like [`Daemon::start`], but hands the daemon `listener` as systemd's
+    /// socket activation does: fd 3, LISTEN_FDS=1, LISTEN_PID=its pid.
+    pub fn start_activated(dir: &Path, cfg: &DaemonConfig, listener: UnixListener) -> Self {
+        Self::spawn(dir, cfg, Some(listener))
+    }
+
+    fn spawn(dir: &Path, cfg: &DaemonConfig, activated: Option<UnixListener>) -> Self {
         let config = cfg.write(dir);
         let socket = dir.join("backupd.sock");
         let log = dir.join(format!("backupd-{}.log", std::process::id()));
-        let mut cmd = Command::new(workspace_bin("cutter-backupd"));
+        let bin = workspace_bin("cutter-backupd");
+        let mut cmd = match &activated {
+            // The shell moves the listener from stdin to fd 3 and execs the
+            // daemon in its own pid, so LISTEN_PID=$$ is the daemon's pid.
+            Some(_) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+                    .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("--config")
             .arg(&config)
             .env_remove("BACKUP_GPG_FPR")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
             .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("daemon log"));
+        match activated {
+            Some(l) => cmd.stdin(Stdio::from(OwnedFd::from(l))),
+            None => cmd.stdin(Stdio::null()),
+        };
         if let Some(f) = &cfg.fingerprint {
             cmd.env("BACKUP_GPG_FPR", f);
         }

@@ -62,6 +62,8 @@ impl World {
             pg_dump: None,
             allowed_uids: vec![0],
             extra: String::new(),
+            server_extra: String::new(),
+            env: Vec::new(),
             run_as: None,
         }
     }
