@@ -2,7 +2,7 @@
 # The whole test suite, as the README and CI run it: install what is needed,
 # check formatting and lints, build the binaries the end-to-end tests drive,
 # run every test (unit + end-to-end against a throwaway PostgreSQL and real
-# GnuPG), then run the README demo end to end.
+# GnuPG). The README demo runs first, so the suite's summary closes the log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +11,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The e2e tests run target/debug/cutter-backupd and cutterctl: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
 scripts/demo.sh
+cargo test --workspace --locked

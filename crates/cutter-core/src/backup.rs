@@ -13,6 +13,7 @@ use crate::config::Compression;
 use crate::db::Snapshot;
 use crate::encrypt::{HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
+use crate::key::UsableKey;
 use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
 use crate::pgdump::Dump;
 use crate::selftest::Ready;
@@ -88,10 +89,13 @@ pub async fn take(
         sha256,
         size_bytes,
         gpg_fpr: ready.key.fingerprint.to_string(),
-        recipients: vec![Recipient {
-            fingerprint: ready.key.fingerprint.to_string(),
-            encryption_keys: ready.key.encryption_keys.clone(),
-        }],
+        recipients: ready
+            .keys()
+            .map(|k| Recipient {
+                fingerprint: k.fingerprint.to_string(),
+                encryption_keys: k.encryption_keys.clone(),
+            })
+            .collect(),
         tables,
         plaintext_bytes,
         compression: match packing.compression {
@@ -206,12 +210,8 @@ fn stream(
         progress,
     };
     let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
-    let plain = encrypt(
-        &mut stdout,
-        &mut sink,
-        std::slice::from_ref(&ready.key),
-        packing,
-    )
+    let keys: Vec<UsableKey> = ready.keys().cloned().collect();
+    let plain = encrypt(&mut stdout, &mut sink, &keys, packing)
     .map_err(Error::Encrypt)?;
     drop(stdout);
     let (mut writer, sha256, size) = sink.finish();

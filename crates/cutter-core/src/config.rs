@@ -78,6 +78,20 @@ pub struct KeyConfig {
     /// The gpg binary for the keyring fallback.
     #[serde(default = "default_gpg")]
     pub gpg: PathBuf,
+    /// More keys every backup is also encrypted to (key rotation: during a
+    /// transition both the old and the new key can decrypt new artifacts).
+    #[serde(default)]
+    pub additional_recipients: Vec<RecipientConfig>,
+}
+
+/// `[[key.additional_recipients]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientConfig {
+    /// Primary-key fingerprint.
+    pub fingerprint: String,
+    /// Armored public cert; default: the same lookup as the primary key.
+    pub cert_file: Option<PathBuf>,
 }
 
 impl Default for KeyConfig {
@@ -88,6 +102,7 @@ impl Default for KeyConfig {
             env_file: None,
             gnupg_home: None,
             gpg: default_gpg(),
+            additional_recipients: Vec::new(),
         }
     }
 }

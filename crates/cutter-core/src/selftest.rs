@@ -87,8 +87,10 @@ impl Report {
 /// What a backup needs, produced only by a passing selftest.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    /// The key to encrypt to.
+    /// The key to encrypt to (`BACKUP_GPG_FPR`).
     pub key: UsableKey,
+    /// `key.additional_recipients`, also encrypted to.
+    pub additional: Vec<UsableKey>,
     /// The pg_dump to run.
     pub pg_dump: PathBuf,
     /// Its version.
@@ -99,11 +101,19 @@ pub struct Ready {
     pub tables: Vec<TableName>,
 }
 
+impl Ready {
+    /// Every key the artifact is encrypted to, the configured one first.
+    pub fn keys(&self) -> impl Iterator<Item = &UsableKey> {
+        std::iter::once(&self.key).chain(&self.additional)
+    }
+}
+
 /// Runs every check against `setup` now.
 pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     let now = SystemTime::now();
     let mut report = Report::default();
     let key = check_key(setup, now, &mut report);
+    let additional = check_additional(setup, now, &mut report);
     let server = check_database(setup, &mut report).await;
     let pg_dump = check_pg_dump(setup, server.as_ref(), &mut report);
     let sizes = match &server {
@@ -123,6 +133,7 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     let ready = match (report.passed(), key, pg_dump, server) {
         (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server)) => Some(Ready {
             key,
+            additional,
             pg_dump,
             pg_dump_version,
             server,
@@ -216,6 +227,47 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
             None
         }
     }
+}
+
+/// Every additional recipient must be usable too: an artifact is only as
+/// recoverable as the keys it claims in its manifest.
+fn check_additional(setup: &Setup, now: SystemTime, report: &mut Report) -> Vec<UsableKey> {
+    if setup.additional.is_empty() {
+        return Vec::new();
+    }
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    for r in &setup.additional {
+        match r {
+            KeyResolution::Loaded(c, _) => match usable(c, now) {
+                Ok(k) => keys.push(k),
+                Err(why) => problems.push(why),
+            },
+            KeyResolution::NotFound(_, why) => problems.push(why.clone()),
+            KeyResolution::Malformed(tail) => problems.push(format!(
+                "key.additional_recipients fingerprint ending {tail:?} is not 40 hex digits"
+            )),
+            KeyResolution::Unset => {}
+        }
+    }
+    if problems.is_empty() {
+        let shown: Vec<String> = keys.iter().map(|k| shown(&k.fingerprint)).collect();
+        report.push(
+            "additional_keys",
+            Status::Pass,
+            format!("also encrypting to {}", shown.join(", ")),
+        );
+    } else {
+        report.push(
+            "additional_keys",
+            Status::Fail,
+            format!(
+                "{}; fix or remove the entry in key.additional_recipients",
+                problems.join("; ")
+            ),
+        );
+    }
+    keys
 }
 
 async fn check_database(setup: &Setup, report: &mut Report) -> Option<ServerInfo> {

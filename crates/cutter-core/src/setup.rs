@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::config::{Config, FPR_ENV, FprSource, TableName, configured_fingerprint};
+use crate::config::{Config, FPR_ENV, FprSource, KeyConfig, TableName, configured_fingerprint};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::key::{Fingerprint, LoadedCert, load_cert, shown};
@@ -48,6 +48,8 @@ pub struct Setup {
     pub tables: Vec<TableName>,
     /// The primary key.
     pub key: KeyResolution,
+    /// `key.additional_recipients`, resolved the same way.
+    pub additional: Vec<KeyResolution>,
     /// The pool.
     pub db: Database,
     /// The backups directory.
@@ -66,14 +68,27 @@ impl Setup {
         })?;
         let key = match configured_fingerprint(&config.key, env_fpr)? {
             None => KeyResolution::Unset,
-            Some((text, source)) => resolve_key(&config, &text, source),
+            Some((text, source)) => resolve_key(&config.key, &text, source),
         };
+        let additional = config
+            .key
+            .additional_recipients
+            .iter()
+            .map(|r| {
+                let lookup = KeyConfig {
+                    cert_file: r.cert_file.clone().or_else(|| config.key.cert_file.clone()),
+                    ..config.key.clone()
+                };
+                resolve_key(&lookup, &r.fingerprint, FprSource::ConfigFile)
+            })
+            .collect();
         let db = Database::connect_lazy(&config.database)?;
         let store = Store::new(&config.backup.dir)?;
         Ok(Self {
             config,
             tables,
             key,
+            additional,
             db,
             store,
             pg_dump_versions: Mutex::new(HashMap::new()),
@@ -110,7 +125,7 @@ impl Setup {
     }
 }
 
-fn resolve_key(config: &Config, text: &str, source: FprSource) -> KeyResolution {
+fn resolve_key(key: &KeyConfig, text: &str, source: FprSource) -> KeyResolution {
     let Some(fpr) = Fingerprint::parse(text) else {
         let tail: String = text
             .chars()
@@ -122,7 +137,7 @@ fn resolve_key(config: &Config, text: &str, source: FprSource) -> KeyResolution 
             .collect();
         return KeyResolution::Malformed(tail);
     };
-    match load_cert(&config.key, &fpr) {
+    match load_cert(key, &fpr) {
         Ok(c) => KeyResolution::Loaded(c, source),
         Err(why) => KeyResolution::NotFound(fpr, why),
     }
