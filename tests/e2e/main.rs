@@ -6,6 +6,7 @@ mod harness;
 
 mod fail_closed;
 mod lifecycle;
+mod operations;
 mod requests;
 mod roundtrip;
 mod systemd;

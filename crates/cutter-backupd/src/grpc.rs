@@ -8,8 +8,9 @@ use tonic::{Request, Response, Status};
 
 use cutter_backup::v1::backup_service_server::BackupService;
 use cutter_backup::v1::{
-    BackupEnvelope, Check, LastBackup, PreWriteBackupRequest, SelftestReport, SelftestRequest,
-    StatusReport, StatusRequest, TableCount, check,
+    BackupEnvelope, Check, LastBackup, ListReply, ListRequest, PinReply, PinRequest,
+    PreWriteBackupRequest, PruneReply, PruneRequest, SelftestReport, SelftestRequest, StatusReport,
+    StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
 };
 use cutter_core::manifest::Manifest;
 use cutter_core::selftest;
@@ -18,7 +19,7 @@ use cutter_core::store::Entry;
 use cutter_core::{Error, ErrorKind, key};
 
 use crate::daemon::{Daemon, summarize};
-use crate::peer;
+use crate::{ops, peer};
 
 /// The gRPC face of [`Daemon`].
 #[derive(Clone)]
@@ -111,6 +112,41 @@ impl BackupService for Service {
             disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
             tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        self.authorize(&req)?;
+        let store = self.0.setup().store.clone();
+        ops::blocking(move || ops::list(&store))
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let store = self.0.setup().store.clone();
+        ops::blocking(move || ops::verify(&store, &r.run_id, r.all))
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune(&self, req: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        self.authorize(&req)?;
+        let confirm = req.into_inner().confirm;
+        let setup = self.0.setup();
+        ops::blocking(move || ops::prune(&setup, confirm))
+            .await
+            .map(Response::new)
+    }
+
+    async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinReply>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let store = self.0.setup().store.clone();
+        ops::blocking(move || ops::pin(&store, &r.run_id, r.pinned, &r.note))
+            .await
+            .map(|()| Response::new(PinReply {}))
     }
 }
 

@@ -8,6 +8,7 @@ mod grpc;
 mod listener;
 mod logging;
 mod notify;
+mod ops;
 mod peer;
 mod server;
 mod signals;

@@ -211,8 +211,7 @@ fn stream(
     };
     let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
     let keys: Vec<UsableKey> = ready.keys().cloned().collect();
-    let plain = encrypt(&mut stdout, &mut sink, &keys, packing)
-    .map_err(Error::Encrypt)?;
+    let plain = encrypt(&mut stdout, &mut sink, &keys, packing).map_err(Error::Encrypt)?;
     drop(stdout);
     let (mut writer, sha256, size) = sink.finish();
     writer

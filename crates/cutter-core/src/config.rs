@@ -33,6 +33,37 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[backup]`.
     pub backup: BackupConfig,
+    /// `[retention]`.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: what `cutterctl prune` keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Newest complete, verifying artifacts always kept (at least 1).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// Artifacts younger than this many days are kept.
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep_last: default_keep_last(),
+            keep_days: default_keep_days(),
+        }
+    }
+}
+
+fn default_keep_last() -> usize {
+    7
+}
+fn default_keep_days() -> u64 {
+    30
 }
 
 /// `[server]`: where and to whom the daemon listens.
@@ -256,6 +287,11 @@ impl Config {
         self.tables()?;
         if !(1..=9).contains(&self.backup.compression_level) {
             return Err("backup.compression_level must be 1..=9".into());
+        }
+        if self.retention.keep_last == 0 {
+            return Err(
+                "retention.keep_last must be at least 1: the newest backup is always kept".into(),
+            );
         }
         if self.backup.stall_timeout_secs == 0 {
             return Err("backup.stall_timeout_secs must be at least 1".into());

@@ -301,9 +301,29 @@ impl Snapshot {
     }
 }
 
+/// Where a libpq-style URL points: (host or socket dir, port, database, user).
+pub fn url_target(url: &str) -> Result<(String, u16, String, String)> {
+    let opts = PgConnectOptions::from_str(&with_host(url)).map_err(|e| Error::Config {
+        path: "database url".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(parts(&opts))
+}
+
+/// (host or socket dir, port, database, user) as libpq would use them.
+fn parts(opts: &PgConnectOptions) -> (String, u16, String, String) {
+    let host = match opts.get_socket() {
+        Some(dir) => dir.to_string_lossy().into_owned(),
+        None => opts.get_host().to_owned(),
+    };
+    let user = opts.get_username().to_owned();
+    let db = opts.get_database().unwrap_or(&user).to_owned();
+    (host, opts.get_port(), db, user)
+}
+
 /// libpq accepts `postgres://user@/db?host=/run/postgresql` (empty host, the
 /// socket directory in `host=`); sqlx wants a host, which `host=` then overrides.
-fn with_host(url: &str) -> String {
+pub fn with_host(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -6,15 +6,18 @@
 pub mod backup;
 pub mod config;
 pub mod db;
+pub mod decrypt;
 pub mod encrypt;
 pub mod error;
 pub mod key;
 pub mod manifest;
 pub mod pgdump;
+pub mod retention;
 pub mod runid;
 pub mod selftest;
 pub mod setup;
 pub mod store;
 pub mod time;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -72,7 +72,11 @@ impl Dump {
         tables: &[TableName],
     ) -> std::io::Result<Self> {
         let mut cmd = Command::new(pg_dump);
+        // Rows are what a restore needs; owners and grants name roles that a
+        // scratch database need not have, and would abort a strict restore.
         cmd.arg("--format=plain")
+            .arg("--no-owner")
+            .arg("--no-privileges")
             .arg("--no-password")
             .arg("--strict-names")
             .arg(format!("--snapshot={snapshot}"));

@@ -23,6 +23,8 @@ use crate::manifest::Manifest;
 pub const ARTIFACT_SUFFIX: &str = ".sql.gpg";
 /// Suffix of a manifest.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of a pin marker (`cutterctl pin`): prune never deletes that run.
+pub const PIN_SUFFIX: &str = ".pinned";
 const PARTIAL_SUFFIX: &str = ".partial";
 /// Prefix of the writability probe (removed at start-up if left behind).
 pub const PROBE_PREFIX: &str = ".probe-";
@@ -224,6 +226,59 @@ impl Store {
         fs::rename(partial, &manifest_final)
             .map_err(|e| Error::io("rename into place", &manifest_final, e))?;
         Ok(true)
+    }
+
+    /// `<dir>/<run_id>.pinned`.
+    pub fn pin_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}{PIN_SUFFIX}"))
+    }
+
+    /// True when `run_id` is pinned.
+    pub fn is_pinned(&self, run_id: &str) -> bool {
+        self.pin_path(run_id).exists()
+    }
+
+    /// Exempts `run_id` from prune; `note` says why (a run under investigation).
+    pub fn pin(&self, run_id: &str, note: &str) -> Result<()> {
+        if !self.artifact_path(run_id).exists() {
+            return Err(Error::io(
+                "pin",
+                self.artifact_path(run_id),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such artifact"),
+            ));
+        }
+        let path = self.pin_path(run_id);
+        let mut f = create_0600(&path)?;
+        f.write_all(format!("{note}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", &path, e))?;
+        self.sync_dir()
+    }
+
+    /// Lifts a pin (no error when there was none).
+    pub fn unpin(&self, run_id: &str) -> Result<()> {
+        match fs::remove_file(self.pin_path(run_id)) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("unpin", self.pin_path(run_id), e)),
+        }
+    }
+
+    /// Deletes a run: manifest first (a crash leaves an orphan artifact,
+    /// which list reports, not a manifest that promises missing bytes).
+    pub fn remove_run(&self, run_id: &str) -> Result<()> {
+        for path in [
+            self.manifest_path(run_id),
+            self.artifact_path(run_id),
+            self.pin_path(run_id),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &path, e)),
+            }
+        }
+        self.sync_dir()
     }
 
     /// Every run in the directory, sorted by run_id.

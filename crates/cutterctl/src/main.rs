@@ -5,6 +5,8 @@
 //! usage; 3 the daemon cannot be reached.
 
 mod output;
+mod prompt;
+mod restore;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,62 @@ enum Command {
         #[arg(long)]
         run_id: String,
     },
+    /// Every backup: run_id, time, size, sha256, key needed, rows, state.
+    List,
+    /// Re-hash artifacts against their manifests and check their OpenPGP
+    /// structure; no private key needed. Exit 1 if any FAILED.
+    Verify {
+        /// The run to verify.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        run_id: Option<String>,
+        /// Verify every backup.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Apply [retention] (keep_last, keep_days); a dry run unless --confirm.
+    Prune {
+        /// Really delete.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Exempt a run from prune (a run under investigation).
+    Pin {
+        /// The run.
+        run_id: String,
+        /// Why, kept with the pin.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Lift a pin.
+    Unpin {
+        /// The run.
+        run_id: String,
+    },
+    /// Decrypt a backup with your secret key and load it into a scratch
+    /// database (never the live one), then compare row counts with the
+    /// manifest. Works without the daemon.
+    Restore {
+        /// The run.
+        run_id: String,
+        /// Your secret key (gpg --export-secret-keys --armor FPR > FILE).
+        #[arg(long)]
+        secret_key: PathBuf,
+        /// File with the key's passphrase; without it you are asked (no echo).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Scratch database URL; created when missing, refused when not empty.
+        #[arg(long, required_unless_present = "to_file")]
+        into: Option<String>,
+        /// Only decrypt, into this new file (mode 0600).
+        #[arg(long, conflicts_with = "into")]
+        to_file: Option<PathBuf>,
+        /// The daemon's config: where backups are and which database is live.
+        #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// psql to load with (default: the newest installed).
+        #[arg(long)]
+        psql: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +117,38 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    if let Command::Restore {
+        run_id,
+        secret_key,
+        passphrase_file,
+        into,
+        to_file,
+        config,
+        psql,
+    } = args.command
+    {
+        let r = restore::Restore {
+            run_id,
+            secret_key,
+            passphrase_file,
+            into,
+            to_file,
+            config,
+            psql,
+        };
+        return match tokio::task::spawn_blocking(move || restore::run(&r)).await {
+            Ok(Ok(true)) => ExitCode::SUCCESS,
+            Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),
+            Ok(Err(e)) => {
+                eprintln!("cutterctl restore: {e:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+            Err(e) => {
+                eprintln!("cutterctl restore: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let mut client = match cutter_backup::connect(&args.socket).await {
         Ok(c) => c,
         Err(e) => {
@@ -82,6 +172,38 @@ async fn run(args: Args) -> ExitCode {
             .pre_write_backup(cutter_backup::v1::PreWriteBackupRequest { run_id })
             .await
             .map(|r| output::envelope(&r.into_inner())),
+        Command::List => client
+            .list(cutter_backup::v1::ListRequest {})
+            .await
+            .map(|r| output::list(&r.into_inner(), args.json)),
+        Command::Verify { run_id, all } => client
+            .verify(cutter_backup::v1::VerifyRequest {
+                run_id: run_id.unwrap_or_default(),
+                all,
+            })
+            .await
+            .map(|r| output::verify(&r.into_inner(), args.json)),
+        Command::Prune { confirm } => client
+            .prune(cutter_backup::v1::PruneRequest { confirm })
+            .await
+            .map(|r| output::prune(&r.into_inner(), args.json)),
+        Command::Pin { run_id, note } => client
+            .pin(cutter_backup::v1::PinRequest {
+                run_id,
+                pinned: true,
+                note,
+            })
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Unpin { run_id } => client
+            .pin(cutter_backup::v1::PinRequest {
+                run_id,
+                pinned: false,
+                note: String::new(),
+            })
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Restore { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,

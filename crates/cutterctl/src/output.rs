@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use cutter_backup::v1::{BackupEnvelope, SelftestReport, StatusReport, check};
+use cutter_backup::v1::{
+    BackupEnvelope, ListReply, PruneReply, SelftestReport, StatusReport, VerifyReply, check,
+};
 use serde_json::json;
 
 use crate::{EXIT_FAILED, EXIT_UNREACHABLE};
@@ -164,6 +166,118 @@ pub fn incomplete_fields(e: &BackupEnvelope) -> Vec<&'static str> {
         missing.push("artifact_ref");
     }
     missing
+}
+
+/// The backups, newest first.
+pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
+    if as_json {
+        let items: Vec<_> = r
+            .artifacts
+            .iter()
+            .map(|a| {
+                json!({
+                    "run_id": a.run_id, "created_at": a.created_at, "size_bytes": a.size_bytes,
+                    "sha256": a.sha256, "key_fprs": a.key_fprs, "total_rows": a.total_rows,
+                    "state": a.state, "pinned": a.pinned, "detail": a.detail,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "artifacts": items }));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  state",
+        "run_id", "created_at", "size", "sha256", "needs key", "rows"
+    );
+    for a in &r.artifacts {
+        let keys: Vec<String> = a
+            .key_fprs
+            .iter()
+            .map(|f| format!("…{}", f.get(32..).unwrap_or(f)))
+            .collect();
+        let state = match (a.pinned, a.detail.is_empty()) {
+            (true, true) => format!("{} (pinned)", a.state),
+            (true, false) => format!("{} (pinned): {}", a.state, a.detail),
+            (false, true) => a.state.clone(),
+            (false, false) => format!("{}: {}", a.state, a.detail),
+        };
+        println!(
+            "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {state}",
+            a.run_id,
+            a.created_at,
+            human_bytes(a.size_bytes),
+            a.sha256.get(..12).unwrap_or(&a.sha256),
+            keys.join(","),
+            a.total_rows,
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// OK / FAILED per artifact; exit 1 when any FAILED.
+pub fn verify(r: &VerifyReply, as_json: bool) -> ExitCode {
+    if as_json {
+        let items: Vec<_> = r
+            .results
+            .iter()
+            .map(|v| json!({"run_id": v.run_id, "ok": v.ok, "reason": v.reason, "artifact_ref": v.artifact_ref}))
+            .collect();
+        println!("{}", json!({ "results": items }));
+    } else {
+        for v in &r.results {
+            if v.ok {
+                println!("OK      {}", v.run_id);
+            } else {
+                println!("FAILED  {}: {}", v.run_id, v.reason);
+            }
+        }
+    }
+    exit(r.results.iter().all(|v| v.ok))
+}
+
+/// What prune did or would do.
+pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
+    if as_json {
+        let items: Vec<_> = r
+            .decisions
+            .iter()
+            .map(|d| json!({"run_id": d.run_id, "action": d.action, "reason": d.reason, "size_bytes": d.size_bytes}))
+            .collect();
+        println!(
+            "{}",
+            json!({"applied": r.applied, "keep_last": r.keep_last, "keep_days": r.keep_days, "decisions": items})
+        );
+        return ExitCode::SUCCESS;
+    }
+    let verb = if r.applied { "deleted" } else { "would delete" };
+    for d in &r.decisions {
+        let action = match (d.action.as_str(), r.applied) {
+            ("delete", true) => "DELETED",
+            ("delete", false) => "DELETE?",
+            ("keep", _) => "keep",
+            _ => "LEAVE",
+        };
+        println!("{action:<8} {:<32} {}", d.run_id, d.reason);
+    }
+    let freed: u64 = r
+        .decisions
+        .iter()
+        .filter(|d| d.action == "delete")
+        .map(|d| d.size_bytes)
+        .sum();
+    let n = r.decisions.iter().filter(|d| d.action == "delete").count();
+    println!(
+        "{verb} {n} backup(s), {} (keep_last = {}, keep_days = {}){}",
+        human_bytes(freed),
+        r.keep_last,
+        r.keep_days,
+        if r.applied {
+            ""
+        } else {
+            "; dry run: pass --confirm to delete"
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 /// A gRPC error, with its code, on stderr (and as JSON on stdout with --json).

@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub allowed_uids: Vec<u32>,
     /// Extra TOML appended verbatim inside `[backup]`.
     pub extra: String,
+    /// Extra TOML appended at the end (new tables: `[retention]`, …).
+    pub tail: String,
     /// Extra TOML appended verbatim inside `[server]`.
     pub server_extra: String,
     /// Extra environment for the daemon (NOTIFY_SOCKET, WATCHDOG_USEC…).
@@ -88,6 +90,8 @@ impl DaemonConfig {
             toml.push_str(&format!("pg_dump = {}\n", q(p)));
         }
         toml.push_str(&self.extra);
+        toml.push('\n');
+        toml.push_str(&self.tail);
         let path = dir.join("backupd.toml");
         std::fs::write(&path, toml).expect("write config");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))

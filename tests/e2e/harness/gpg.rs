@@ -121,6 +121,21 @@ impl Gpg {
         std::fs::write(path, out.stdout).expect("write public key");
     }
 
+    /// Writes the armored secret key of `fpr` to `path` (still passphrase-protected).
+    pub fn export_secret(&self, fpr: &str, path: &Path) {
+        let out = run(self.cmd().args(["--armor", "--export-secret-keys", fpr]));
+        assert!(
+            !out.stdout.is_empty(),
+            "gpg exported no secret key for {fpr}"
+        );
+        std::fs::write(path, out.stdout).expect("write secret key");
+    }
+
+    /// The file holding the passphrase of every key in this home.
+    pub fn passphrase_file(&self) -> &Path {
+        &self.passfile
+    }
+
     /// Revokes `fpr` with the revocation certificate gpg made at generation.
     pub fn revoke(&self, fpr: &str) {
         let rev = self

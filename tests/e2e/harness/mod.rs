@@ -63,6 +63,7 @@ impl World {
             allowed_uids: vec![0],
             extra: String::new(),
             server_extra: String::new(),
+            tail: String::new(),
             env: Vec::new(),
             run_as: None,
         }
