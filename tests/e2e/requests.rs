@@ -333,3 +333,42 @@ fn cutterctl_without_a_daemon_says_so_with_its_own_exit_code() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach cutter-backupd"));
 }
+
+#[test]
+fn backup_progress_on_a_terminal_and_silence_otherwise() {
+    let (world, fpr, cert) = ready_world();
+    let mut cfg = world.config(Some(&fpr), Some(cert));
+    cfg.pg_dump = Some(crate::systemd::slow_pg_dump(world.work.path(), 4));
+    let daemon = world.start(&cfg);
+    // `script` gives cutterctl a terminal, as an operator's shell would.
+    let cmd = format!(
+        "{} --socket {} backup --run-id on-a-tty",
+        crate::harness::proc::workspace_bin("cutterctl").display(),
+        daemon.socket.display()
+    );
+    let out = crate::harness::proc::run(std::process::Command::new("script").args([
+        "-qec",
+        &cmd,
+        "/dev/null",
+    ]));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("on-a-tty: ") && shown.contains("MiB dumped"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"sha256\""),
+        "the envelope still follows: {shown}"
+    );
+
+    let out = daemon.ctl(&["backup", "--run-id", "piped"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "nothing extra when not a terminal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is only the envelope");
+    assert_eq!(env["run_id"], "piped");
+}

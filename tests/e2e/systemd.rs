@@ -123,7 +123,7 @@ async fn socket_activation_uses_the_passed_listener() {
 }
 
 /// A pg_dump that holds its output back for `secs` before passing it on.
-fn slow_pg_dump(dir: &Path, secs: u32) -> PathBuf {
+pub fn slow_pg_dump(dir: &Path, secs: u32) -> PathBuf {
     let real = pg::bindir().join("pg_dump");
     let path = dir.join(format!("pg_dump-slow-{secs}"));
     std::fs::write(

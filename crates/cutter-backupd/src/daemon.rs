@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -26,11 +26,28 @@ use crate::notify;
 /// The outcome of one flight, shared by every caller of that run_id.
 pub type Outcome = Result<(Manifest, bool), Arc<Error>>;
 
+/// One run_id's backup in progress.
+struct Flight {
+    done: watch::Receiver<Option<Outcome>>,
+    progress: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// A running backup as Status reports it.
+pub struct Running {
+    /// The run.
+    pub run_id: String,
+    /// Plaintext bytes dumped so far.
+    pub bytes: u64,
+    /// Since the flight started.
+    pub elapsed: std::time::Duration,
+}
+
 /// State shared by every request.
 pub struct Daemon {
     config_path: PathBuf,
     setup: RwLock<Arc<Setup>>,
-    flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    flights: Mutex<HashMap<String, Flight>>,
     permits: RwLock<Arc<Semaphore>>,
     running: AtomicUsize,
     stopping: AtomicBool,
@@ -123,14 +140,22 @@ impl Daemon {
         let mut rx = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(&run_id) {
-                Some(rx) => rx.clone(),
+                Some(f) => f.done.clone(),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    flights.insert(run_id.clone(), rx.clone());
+                    let progress = Arc::new(AtomicU64::new(0));
+                    flights.insert(
+                        run_id.clone(),
+                        Flight {
+                            done: rx.clone(),
+                            progress: Arc::clone(&progress),
+                            started: Instant::now(),
+                        },
+                    );
                     self.running.fetch_add(1, Ordering::SeqCst);
                     let me = Arc::clone(self);
                     tokio::spawn(async move {
-                        let outcome = me.run_backup(&run_id).await.map_err(Arc::new);
+                        let outcome = me.run_backup(&run_id, &progress).await.map_err(Arc::new);
                         let _ = tx.send(Some(outcome));
                         me.flights
                             .lock()
@@ -153,7 +178,26 @@ impl Daemon {
         }
     }
 
-    async fn run_backup(&self, run_id: &str) -> Result<(Manifest, bool), Error> {
+    /// The backups running now, for Status (and cutterctl's progress line).
+    pub fn running_backups(&self) -> Vec<Running> {
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Running> = flights
+            .iter()
+            .map(|(id, f)| Running {
+                run_id: id.clone(),
+                bytes: f.progress.load(Ordering::Relaxed),
+                elapsed: f.started.elapsed(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        out
+    }
+
+    async fn run_backup(
+        &self,
+        run_id: &str,
+        progress: &Arc<AtomicU64>,
+    ) -> Result<(Manifest, bool), Error> {
         let setup = self.setup();
         let (report, ready) = selftest::run(&setup).await;
         let Some(ready) = ready else {
@@ -173,7 +217,16 @@ impl Daemon {
         let permits = Arc::clone(&self.permits.read().unwrap_or_else(PoisonError::into_inner));
         let _permit = permits.acquire_owned().await.map_err(|_| Error::Stopping)?;
         let started = Instant::now();
-        match backup::take(&setup, &ready, run_id, &self.producer, &self.cancel).await {
+        match backup::take(
+            &setup,
+            &ready,
+            run_id,
+            &self.producer,
+            &self.cancel,
+            progress,
+        )
+        .await
+        {
             Ok(m) => {
                 tracing::info!(
                     run_id,

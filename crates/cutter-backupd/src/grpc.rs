@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use cutter_backup::v1::backup_service_server::BackupService;
 use cutter_backup::v1::{
     BackupEnvelope, Check, LastBackup, ListReply, ListRequest, PinReply, PinRequest,
-    PreWriteBackupRequest, PruneReply, PruneRequest, SelftestReport, SelftestRequest, StatusReport,
-    StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
+    PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
+    SelftestRequest, StatusReport, StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
 };
 use cutter_core::manifest::Manifest;
 use cutter_core::selftest;
@@ -111,6 +111,16 @@ impl BackupService for Service {
             backup_dir: setup.store.dir().display().to_string(),
             disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
             tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
+            running: self
+                .0
+                .running_backups()
+                .into_iter()
+                .map(|r| RunningBackup {
+                    run_id: r.run_id,
+                    bytes: r.bytes,
+                    elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
+                })
+                .collect(),
         }))
     }
 

@@ -41,6 +41,7 @@ pub async fn take(
     run_id: &str,
     producer: &Producer,
     cancel: &Cancel,
+    progress: &Arc<AtomicU64>,
 ) -> Result<Manifest> {
     let started = Instant::now();
     let snapshot = setup.db.snapshot(&ready.tables).await?;
@@ -62,7 +63,7 @@ pub async fn take(
     let result = match dump {
         Ok(dump) => {
             let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
-            supervise(dump, file, ready, packing, cancel, stall).await
+            supervise(dump, file, ready, packing, cancel, progress, stall).await
         }
         Err(e) => Err(e),
     };
@@ -116,7 +117,8 @@ pub async fn take(
     Ok(manifest)
 }
 
-/// Runs the dump on a blocking thread while watching it from here: the stop
+/// Runs the dump on a blocking thread while watching it from here (its
+/// plaintext bytes so far are published in `progress`): the stop
 /// flag or a dump that yields nothing for `stall` kills pg_dump's process
 /// group, which ends the stream; the partial file is then dropped.
 async fn supervise(
@@ -125,10 +127,10 @@ async fn supervise(
     ready: &Ready,
     packing: Packing,
     cancel: &Cancel,
+    progress: &Arc<AtomicU64>,
     stall: Duration,
 ) -> Result<(String, u64, u64)> {
     let killer = dump.killer();
-    let progress = Arc::new(AtomicU64::new(0));
     let mut job = {
         let ready = ready.clone();
         let progress = Arc::clone(&progress);

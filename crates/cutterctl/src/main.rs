@@ -5,6 +5,7 @@
 //! usage; 3 the daemon cannot be reached.
 
 mod output;
+mod progress;
 mod prompt;
 mod restore;
 
@@ -168,10 +169,11 @@ async fn run(args: Args) -> ExitCode {
             .status(cutter_backup::v1::StatusRequest {})
             .await
             .map(|r| output::status(&r.into_inner(), args.json)),
-        Command::Backup { run_id } => client
-            .pre_write_backup(cutter_backup::v1::PreWriteBackupRequest { run_id })
-            .await
-            .map(|r| output::envelope(&r.into_inner())),
+        Command::Backup { run_id } => {
+            progress::backup(&mut client, run_id, progress::wanted(args.json))
+                .await
+                .map(|r| output::envelope(&r.into_inner()))
+        }
         Command::List => client
             .list(cutter_backup::v1::ListRequest {})
             .await
