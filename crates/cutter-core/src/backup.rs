@@ -133,7 +133,7 @@ async fn supervise(
     let killer = dump.killer();
     let mut job = {
         let ready = ready.clone();
-        let progress = Arc::clone(&progress);
+        let progress = Arc::clone(progress);
         tokio::task::spawn_blocking(move || run_dump(dump, file, &ready, packing, &progress))
     };
     let mut aborted = None;
