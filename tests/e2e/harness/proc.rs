@@ -35,11 +35,11 @@ pub fn require(name: &str) -> PathBuf {
 /// A binary built from this workspace (`cargo build --workspace` first).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/e2e-… → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    // Tests live in target/<profile>/deps/, the benchmark in target/<profile>/.
+    let mut profile_dir = exe.parent().expect("the executable has a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
