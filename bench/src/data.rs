@@ -16,7 +16,7 @@ pub const TABLES: [(&str, u32); 9] = [
 ];
 
 /// Average plain-dump bytes of one generated row (measured, see `docs/benchmarks.md`).
-pub const BYTES_PER_ROW: u64 = 420;
+pub const BYTES_PER_ROW: u64 = 300;
 
 /// SQL creating the schema, the role's grants, and rows for a dump of about `mb` MB.
 pub fn sql(mb: u64) -> String {

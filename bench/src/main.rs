@@ -51,6 +51,22 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `--settings none-1,zip-1,zip-3,zlib-3`: the compression settings measured.
+fn settings() -> Vec<(String, u8)> {
+    let args: Vec<String> = std::env::args().collect();
+    let list = args
+        .iter()
+        .position(|a| a == "--settings")
+        .and_then(|i| args.get(i + 1))
+        .map_or("none-1,zip-1,zip-3,zlib-3", String::as_str);
+    list.split(',')
+        .filter_map(|s| {
+            let (algo, level) = s.rsplit_once('-')?;
+            Some((algo.to_owned(), level.parse().ok()?))
+        })
+        .collect()
+}
+
 fn main() {
     let large_mb = arg("--large-mb", 1000);
     let small_mb = arg("--small-mb", 3);
@@ -203,8 +219,8 @@ impl Bench {
             });
         }
         let _ = std::fs::remove_file(&out);
-        for (algo, level) in [("none", 1), ("zip", 1), ("zip", 3), ("zlib", 3)] {
-            rows.push(self.ours(db, algo, level));
+        for (algo, level) in settings() {
+            rows.push(self.ours(db, &algo, level));
         }
         rows
     }

@@ -260,6 +260,14 @@ fn the_newest_backup_survives_even_when_old_and_keep_last_is_one() {
 fn restore_round_trip_live_refusal_and_non_empty_target() {
     let (world, daemon, _, secret) = setup();
     backup(&daemon, "r1");
+    // Restore works without the daemon.
+    let mut daemon = daemon;
+    daemon.signal("TERM");
+    assert!(
+        daemon
+            .wait_exit(std::time::Duration::from_secs(10))
+            .success()
+    );
 
     let mut live = restore_args(&world, &daemon, "r1", &secret);
     live.extend([

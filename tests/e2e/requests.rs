@@ -183,6 +183,8 @@ fn bad_pg_dump(dir: &Path, how: &str) -> PathBuf {
         "error-exit0" => {
             "\"$REAL\" \"$@\"\necho 'pg_dump: error: query failed: simulated' >&2\nexit 0"
         }
+        // A dump that silently lost rows: exit 0, no error, one row short.
+        "drops-a-row" => "\"$REAL\" \"$@\" | sed '/^1\t/d'",
         other => panic!("unknown failure {other}"),
     };
     let script = format!(
@@ -198,7 +200,7 @@ fn bad_pg_dump(dir: &Path, how: &str) -> PathBuf {
 #[tokio::test]
 async fn pg_dump_failing_mid_stream_leaves_nothing() {
     let (world, fpr, cert) = ready_world();
-    for how in ["exit1", "killed", "error-exit0"] {
+    for how in ["exit1", "killed", "error-exit0", "drops-a-row"] {
         let mut cfg = world.config(Some(&fpr), Some(cert.clone()));
         cfg.pg_dump = Some(bad_pg_dump(world.work.path(), how));
         let daemon = world.start(&cfg);
@@ -210,6 +212,9 @@ async fn pg_dump_failing_mid_stream_leaves_nothing() {
             .expect_err(how);
         assert_eq!(err.code(), tonic::Code::Internal, "{how}: {err:?}");
         assert!(err.message().contains("pg_dump"), "{how}: {err:?}");
+        if how == "drops-a-row" {
+            assert!(err.message().contains("in the snapshot but"), "{err:?}");
+        }
         assert!(
             world.backup_files().is_empty(),
             "{how}: {:?}",

@@ -1,17 +1,24 @@
 //! One backup: snapshot → pg_dump → OpenPGP → sha256 → partial file → commit.
 //!
-//! The dump streams through a fixed-size buffer; nothing is held whole in
-//! memory. Any failure drops the partial file, so nothing is left behind.
+//! Three things run at once: a reader thread drains pg_dump's pipe (so the
+//! dump never waits on compression), a blocking thread compresses, encrypts,
+//! hashes and writes, and the snapshot's connection counts every table's rows.
+//! The counts are checked against the rows in the dump's COPY blocks, so the
+//! manifest states what the artifact holds. Nothing is held whole in memory:
+//! a few fixed-size chunks are in flight. Any failure drops the partial
+//! file, so nothing is left behind.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::process::ChildStdout;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::Compression;
-use crate::db::Snapshot;
-use crate::encrypt::{HashingWriter, Packing, encrypt};
+use crate::config::{Compression, TableName};
+use crate::copyrows::CopyRows;
+use crate::encrypt::{CHUNK, HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
 use crate::key::UsableKey;
 use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
@@ -22,9 +29,12 @@ use crate::time::rfc3339;
 
 /// How often a running dump is checked for stop and stalls.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
-
 /// Write buffer between the encryptor and the file.
 const WRITE_BUFFER: usize = 1 << 20;
+/// pg_dump's pipe, enlarged from the default 64 KiB so it rarely blocks.
+const PIPE_SIZE: usize = 1 << 20;
+/// Chunks queued between the reader and the encryptor.
+const QUEUE: usize = 16;
 
 /// Who made the artifact, recorded in the manifest.
 #[derive(Debug, Clone)]
@@ -34,7 +44,16 @@ pub struct Producer(pub String);
 /// pg_dump is killed and the partial file removed.
 pub type Cancel = Arc<AtomicBool>;
 
+/// What streaming the dump produced.
+struct Streamed {
+    sha256: String,
+    size_bytes: u64,
+    plaintext_bytes: u64,
+    copy_rows: Vec<(String, u64)>,
+}
+
 /// Takes the backup for `run_id` (already validated) and returns its manifest.
+/// `progress` counts plaintext bytes as they are dumped.
 pub async fn take(
     setup: &Setup,
     ready: &Ready,
@@ -44,7 +63,7 @@ pub async fn take(
     progress: &Arc<AtomicU64>,
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let snapshot = setup.db.snapshot(&ready.tables).await?;
+    let mut snapshot = setup.db.snapshot().await?;
     let mut partial = setup.store.create_partial_artifact(run_id)?;
     let file = partial
         .take_file()
@@ -59,24 +78,18 @@ pub async fn take(
         &snapshot.id,
         &ready.tables,
     )
-    .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display())));
-    let result = match dump {
-        Ok(dump) => {
-            let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
-            supervise(dump, file, ready, packing, cancel, progress, stall).await
-        }
-        Err(e) => Err(e),
-    };
-    let tables = snapshot
-        .counts
-        .iter()
-        .map(|(t, rows)| TableRows {
-            table: t.to_string(),
-            rows: *rows,
-        })
-        .collect();
-    release(snapshot).await;
-    let (sha256, size_bytes, plaintext_bytes) = result?;
+    .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display())))?;
+    let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
+    let (streamed, counts) = tokio::join!(
+        supervise(dump, file, ready, packing, cancel, progress, stall),
+        snapshot.count(&ready.tables)
+    );
+    if let Err(e) = snapshot.release().await {
+        tracing::warn!(error = %e, "closing the snapshot transaction failed");
+    }
+    let streamed = streamed?;
+    let counts = counts?;
+    check_counts(&counts, &streamed.copy_rows)?;
     let manifest = Manifest {
         format: FORMAT,
         run_id: run_id.to_owned(),
@@ -87,8 +100,8 @@ pub async fn take(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        sha256,
-        size_bytes,
+        sha256: streamed.sha256,
+        size_bytes: streamed.size_bytes,
         gpg_fpr: ready.key.fingerprint.to_string(),
         recipients: ready
             .keys()
@@ -97,8 +110,14 @@ pub async fn take(
                 encryption_keys: k.encryption_keys.clone(),
             })
             .collect(),
-        tables,
-        plaintext_bytes,
+        tables: counts
+            .iter()
+            .map(|(t, rows)| TableRows {
+                table: t.to_string(),
+                rows: *rows,
+            })
+            .collect(),
+        plaintext_bytes: streamed.plaintext_bytes,
         compression: match packing.compression {
             Compression::None => "none".to_owned(),
             Compression::Zip => format!("zip-{}", packing.level),
@@ -117,9 +136,23 @@ pub async fn take(
     Ok(manifest)
 }
 
-/// Runs the dump on a blocking thread while watching it from here (its
-/// plaintext bytes so far are published in `progress`): the stop
-/// flag or a dump that yields nothing for `stall` kills pg_dump's process
+/// The snapshot's counts must be the rows in the dump, table by table.
+fn check_counts(counts: &[(TableName, u64)], copy_rows: &[(String, u64)]) -> Result<()> {
+    for (table, rows) in counts {
+        let name = table.to_string();
+        let dumped = copy_rows.iter().find(|(t, _)| *t == name).map(|(_, n)| *n);
+        if dumped != Some(*rows) {
+            return Err(Error::PgDump(format!(
+                "{name} has {rows} rows in the snapshot but {} in the dump; the artifact was discarded",
+                dumped.map_or_else(|| "no COPY block".to_owned(), |n| n.to_string())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the dump on a blocking thread while watching it from here: the stop
+/// flag, or a dump that yields nothing for `stall`, kills pg_dump's process
 /// group, which ends the stream; the partial file is then dropped.
 async fn supervise(
     dump: Dump,
@@ -129,12 +162,12 @@ async fn supervise(
     cancel: &Cancel,
     progress: &Arc<AtomicU64>,
     stall: Duration,
-) -> Result<(String, u64, u64)> {
+) -> Result<Streamed> {
     let killer = dump.killer();
     let mut job = {
         let ready = ready.clone();
         let progress = Arc::clone(progress);
-        tokio::task::spawn_blocking(move || run_dump(dump, file, &ready, packing, &progress))
+        tokio::task::spawn_blocking(move || run_dump(dump, file, &ready, packing, progress))
     };
     let mut aborted = None;
     let mut seen = (0, Instant::now());
@@ -172,8 +205,8 @@ fn run_dump(
     file: File,
     ready: &Ready,
     packing: Packing,
-    progress: &AtomicU64,
-) -> Result<(String, u64, u64)> {
+    progress: Arc<AtomicU64>,
+) -> Result<Streamed> {
     match stream(&mut dump, file, ready, packing, progress) {
         Ok(out) => {
             let warnings = dump.finish().map_err(Error::PgDump)?;
@@ -189,33 +222,45 @@ fn run_dump(
     }
 }
 
-async fn release(snapshot: Snapshot) {
-    if let Err(e) = snapshot.release().await {
-        tracing::warn!(error = %e, "closing the snapshot transaction failed");
-    }
-}
-
-/// Pipes the dump through encryption into `file`, fsyncs it, and returns
-/// (sha256, artifact bytes, plaintext bytes).
+/// Pipes the dump through encryption into `file` and fsyncs it.
 fn stream(
     dump: &mut Dump,
     file: File,
     ready: &Ready,
     packing: Packing,
-    progress: &AtomicU64,
-) -> Result<(String, u64, u64)> {
+    progress: Arc<AtomicU64>,
+) -> Result<Streamed> {
     let stdout = dump
         .stdout()
         .ok_or_else(|| Error::PgDump("pg_dump stdout was not captured".into()))?;
-    let mut stdout = Counting {
-        inner: stdout,
-        progress,
+    // Best effort: a smaller pipe is slower, not wrong.
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
+    let (full_tx, full_rx) = sync_channel(QUEUE);
+    let (empty_tx, empty_rx) = sync_channel(QUEUE + 2);
+    let reader = std::thread::Builder::new()
+        .name("dump-reader".into())
+        .spawn(move || read_dump(stdout, &full_tx, &empty_rx, &progress))
+        .map_err(|e| Error::Internal(format!("cannot start the reader thread: {e}")))?;
+    let mut plain = Chunks {
+        full: full_rx,
+        empty: empty_tx,
+        current: Vec::new(),
+        pos: 0,
     };
     let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
     let keys: Vec<UsableKey> = ready.keys().cloned().collect();
-    let plain = encrypt(&mut stdout, &mut sink, &keys, packing).map_err(Error::Encrypt)?;
-    drop(stdout);
-    let (mut writer, sha256, size) = sink.finish();
+    let encrypted = encrypt(&mut plain, &mut sink, &keys, packing).map_err(Error::Encrypt);
+    if encrypted.is_err() {
+        // The reader may be waiting on the pipe: end pg_dump before joining it.
+        dump.killer().kill();
+    }
+    drop(plain);
+    let read = reader
+        .join()
+        .map_err(|_| Error::Internal("the reader thread panicked".into()))?
+        .map_err(|e| Error::PgDump(format!("reading pg_dump's output: {e}")))?;
+    let plaintext_bytes = encrypted?;
+    let (mut writer, sha256, size_bytes) = sink.finish();
     writer
         .flush()
         .map_err(|e| Error::Encrypt(format!("writing the artifact: {e}")))?;
@@ -224,19 +269,68 @@ fn stream(
         .map_err(|e| Error::Encrypt(format!("writing the artifact: {}", e.error())))?;
     file.sync_all()
         .map_err(|e| Error::Encrypt(format!("fsync of the artifact: {e}")))?;
-    Ok((sha256, size, plain))
+    Ok(Streamed {
+        sha256,
+        size_bytes,
+        plaintext_bytes,
+        copy_rows: read.finish(),
+    })
 }
 
-/// A reader that publishes how many bytes it has read.
-struct Counting<'a, R> {
-    inner: R,
-    progress: &'a AtomicU64,
+/// The reader thread: fills chunks from pg_dump's pipe, counts COPY rows and
+/// bytes, and queues the chunks; stops when the encryptor hangs up.
+fn read_dump(
+    mut stdout: ChildStdout,
+    full: &SyncSender<Vec<u8>>,
+    empty: &Receiver<Vec<u8>>,
+    progress: &AtomicU64,
+) -> io::Result<CopyRows> {
+    let mut rows = CopyRows::default();
+    loop {
+        let mut buf = empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        buf.resize(CHUNK, 0);
+        let n = loop {
+            match stdout.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Ok(rows);
+        }
+        buf.truncate(n);
+        rows.feed(&buf);
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+        if full.send(buf).is_err() {
+            return Ok(rows);
+        }
+    }
 }
 
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+/// The encryptor's side of the queue, as a `Read`; used chunks go back to
+/// the reader for reuse.
+struct Chunks {
+    full: Receiver<Vec<u8>>,
+    empty: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            let Ok(next) = self.full.recv() else {
+                return Ok(0);
+            };
+            let used = std::mem::replace(&mut self.current, next);
+            let _ = self.empty.try_send(used);
+            self.pos = 0;
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }

@@ -63,10 +63,19 @@ impl ConnTarget {
 }
 
 /// The daemon's handle on the database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Database {
     pool: PgPool,
     target: ConnTarget,
+}
+
+/// Shows where, never how: the pool's connect options carry the password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the server says about itself and our session.
@@ -245,9 +254,8 @@ impl Database {
             .collect())
     }
 
-    /// Opens a read-only REPEATABLE READ transaction, exports its snapshot
-    /// and counts every table's rows in it.
-    pub async fn snapshot(&self, tables: &[TableName]) -> Result<Snapshot> {
+    /// Opens a read-only REPEATABLE READ transaction and exports its snapshot.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
         let sql_err = |e: sqlx::Error| Error::from_sqlx(&e);
         let mut tx = self.pool.begin().await.map_err(sql_err)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -258,24 +266,7 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(sql_err)?;
-        let counts_sql = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("SELECT {i}::int4, count(*)::int8 FROM {}", t.quoted()))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        // Audited: every identifier is passed through quote_ident by quoted().
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(counts_sql))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        rows.sort_by_key(|r| r.get::<i32, _>(0));
-        let counts = tables
-            .iter()
-            .zip(rows)
-            .map(|(t, r)| (t.clone(), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))
-            .collect();
-        Ok(Snapshot { tx, id, counts })
+        Ok(Snapshot { tx, id })
     }
 
     /// Closes the pool (shutdown).
@@ -290,11 +281,31 @@ pub struct Snapshot {
     tx: Transaction<'static, Postgres>,
     /// The id to pass to `pg_dump --snapshot`.
     pub id: String,
-    /// Rows per table, as seen in the snapshot.
-    pub counts: Vec<(TableName, u64)>,
 }
 
 impl Snapshot {
+    /// Counts every table's rows in the snapshot (while pg_dump reads the
+    /// same snapshot on its own connection).
+    pub async fn count(&mut self, tables: &[TableName]) -> Result<Vec<(TableName, u64)>> {
+        let counts_sql = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("SELECT {i}::int4, count(*)::int8 FROM {}", t.quoted()))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        // Audited: every identifier is passed through quote_ident by quoted().
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(counts_sql))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| Error::from_sqlx(&e))?;
+        rows.sort_by_key(|r| r.get::<i32, _>(0));
+        Ok(tables
+            .iter()
+            .zip(rows)
+            .map(|(t, r)| (t.clone(), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))
+            .collect())
+    }
+
     /// Ends the read-only transaction.
     pub async fn release(self) -> Result<()> {
         self.tx.rollback().await.map_err(|e| Error::from_sqlx(&e))
@@ -381,5 +392,30 @@ mod tests {
         );
         assert_eq!(opts.get_port(), 5433);
         assert_eq!(opts.get_username(), "cutter_exec");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-secret\n").expect("write");
+        let db = Database::connect_lazy(&DatabaseConfig {
+            url: "postgres://cutter_exec@127.0.0.1:1/directus".into(),
+            password_file: Some(pw),
+            pool_size: 2,
+            connect_timeout_secs: 1,
+        })
+        .expect("lazy pool");
+        assert_eq!(
+            db.target().password.as_ref().map(Secret::expose),
+            Some("hunter2-secret")
+        );
+        let shown = format!("{db:?} {:?}", db.target());
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

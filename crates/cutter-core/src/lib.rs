@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod copyrows;
 pub mod db;
 pub mod decrypt;
 pub mod encrypt;

@@ -383,3 +383,102 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     }
     Ok((hex(&h.finalize()), size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::FORMAT;
+
+    fn manifest(run_id: &str, sha256: String, size_bytes: u64) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            run_id: run_id.into(),
+            created_at: "2026-11-29T00:00:00Z".into(),
+            artifact: format!("{run_id}{ARTIFACT_SUFFIX}"),
+            sha256,
+            size_bytes,
+            gpg_fpr: "F".repeat(40),
+            recipients: Vec::new(),
+            tables: Vec::new(),
+            plaintext_bytes: 0,
+            compression: "none".into(),
+            server_version: String::new(),
+            pg_dump_version: String::new(),
+            producer: String::new(),
+            duration_ms: 0,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path()).expect("store");
+        (dir, store)
+    }
+
+    fn names(store: &Store) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(store.dir())
+            .expect("read_dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commit_publishes_both_files_and_a_dropped_partial_leaves_nothing() {
+        let (_d, store) = store();
+        let mut p = store.create_partial_artifact("r1").expect("partial");
+        let mut f = p.take_file().expect("file");
+        f.write_all(b"ciphertext").expect("write");
+        drop(f);
+        let (sha, size) = hash_file(&store.dir().join(".r1.sql.gpg.partial")).expect("hash");
+        store.commit(p, &manifest("r1", sha, size)).expect("commit");
+        assert_eq!(names(&store), ["r1.manifest.json", "r1.sql.gpg"]);
+        assert!(store.existing_verified("r1").expect("verifies").is_some());
+
+        let p = store.create_partial_artifact("r2").expect("partial");
+        drop(p);
+        assert_eq!(names(&store), ["r1.manifest.json", "r1.sql.gpg"]);
+    }
+
+    #[test]
+    fn recovery_deletes_partials_and_probes() {
+        let (_d, store) = store();
+        for leftover in [
+            ".crashed.sql.gpg.partial",
+            ".probe-abc123",
+            ".other.manifest.json.partial",
+        ] {
+            fs::write(store.dir().join(leftover), b"x").expect("write");
+        }
+        let rec = store.recover().expect("recover");
+        assert_eq!(rec.removed.len(), 3);
+        assert!(names(&store).is_empty());
+    }
+
+    #[test]
+    fn recovery_rolls_forward_a_crash_between_the_renames() {
+        let (_d, store) = store();
+        fs::write(store.artifact_path("r"), b"ciphertext").expect("artifact");
+        let (sha, size) = hash_file(&store.artifact_path("r")).expect("hash");
+        let json = serde_json::to_vec(&manifest("r", sha, size)).expect("json");
+        fs::write(store.dir().join(".r.manifest.json.partial"), json).expect("partial manifest");
+        let rec = store.recover().expect("recover");
+        assert_eq!(rec.completed, ["r"]);
+        assert_eq!(names(&store), ["r.manifest.json", "r.sql.gpg"]);
+        assert!(store.existing_verified("r").expect("verifies").is_some());
+    }
+
+    #[test]
+    fn a_changed_artifact_is_never_returned_as_existing() {
+        let (_d, store) = store();
+        fs::write(store.artifact_path("r"), b"ciphertext").expect("artifact");
+        let json = serde_json::to_vec(&manifest("r", "0".repeat(64), 10)).expect("json");
+        fs::write(store.manifest_path("r"), json).expect("manifest");
+        assert!(matches!(
+            store.existing_verified("r"),
+            Err(Error::CorruptArtifact { .. })
+        ));
+    }
+}
