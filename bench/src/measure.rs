@@ -47,13 +47,12 @@ pub fn pipe(first: &mut Command, second: &mut Command) -> Duration {
 /// CPU time (user + system) the process has used itself.
 pub fn cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    // After the parenthesised command name come fields 3 (state), 4, …;
+    // utime and stime are fields 14 and 15 (proc(5)), so indexes 11 and 12.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     Duration::from_millis(ticks * 1000 / clock_ticks())
 }
 
