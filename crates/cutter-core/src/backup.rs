@@ -33,8 +33,9 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 const WRITE_BUFFER: usize = 1 << 20;
 /// pg_dump's pipe, enlarged from the default 64 KiB so it rarely blocks.
 const PIPE_SIZE: usize = 1 << 20;
-/// Chunks queued between the reader and the encryptor.
-const QUEUE: usize = 16;
+/// Chunks queued between the reader and the encryptor (memory in flight is
+/// about QUEUE × CHUNK).
+const QUEUE: usize = 4;
 
 /// Who made the artifact, recorded in the manifest.
 #[derive(Debug, Clone)]
@@ -241,20 +242,24 @@ fn stream(
         .name("dump-reader".into())
         .spawn(move || read_dump(stdout, &full_tx, &empty_rx, &progress))
         .map_err(|e| Error::Internal(format!("cannot start the reader thread: {e}")))?;
-    let mut plain = Chunks {
-        full: full_rx,
-        empty: empty_tx,
-        current: Vec::new(),
-        pos: 0,
-    };
     let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
     let keys: Vec<UsableKey> = ready.keys().cloned().collect();
-    let encrypted = encrypt(&mut plain, &mut sink, &keys, packing).map_err(Error::Encrypt);
+    let encrypted = encrypt(
+        full_rx.iter(),
+        |used| {
+            let _ = empty_tx.try_send(used);
+        },
+        &mut sink,
+        &keys,
+        packing,
+    )
+    .map_err(Error::Encrypt);
     if encrypted.is_err() {
         // The reader may be waiting on the pipe: end pg_dump before joining it.
         dump.killer().kill();
     }
-    drop(plain);
+    drop(full_rx);
+    drop(empty_tx);
     let read = reader
         .join()
         .map_err(|_| Error::Internal("the reader thread panicked".into()))?
@@ -306,31 +311,5 @@ fn read_dump(
         if full.send(buf).is_err() {
             return Ok(rows);
         }
-    }
-}
-
-/// The encryptor's side of the queue, as a `Read`; used chunks go back to
-/// the reader for reuse.
-struct Chunks {
-    full: Receiver<Vec<u8>>,
-    empty: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Chunks {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            let Ok(next) = self.full.recv() else {
-                return Ok(0);
-            };
-            let used = std::mem::replace(&mut self.current, next);
-            let _ = self.empty.try_send(used);
-            self.pos = 0;
-        }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }

@@ -5,7 +5,7 @@
 //! `gpg --decrypt`. Compression, when on, is OpenPGP compression, so gpg
 //! alone yields the SQL.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::SystemTime;
 
 use sequoia_openpgp as openpgp;
@@ -77,10 +77,13 @@ pub struct Packing {
     pub level: u8,
 }
 
-/// Encrypts everything `plain` yields to every key in `keys` (their valid
+/// Encrypts every chunk `plain` yields to every key in `keys` (their valid
 /// encryption subkeys) into `sink`. Returns the plaintext byte count.
-pub fn encrypt<R: Read, W: Write + Send + Sync>(
-    plain: &mut R,
+/// Chunks come by value and go back through `done`, so the caller can reuse
+/// the buffers and nothing is copied on the way in.
+pub fn encrypt<W: Write + Send + Sync>(
+    plain: impl Iterator<Item = Vec<u8>>,
+    mut done: impl FnMut(Vec<u8>),
     sink: &mut W,
     keys: &[UsableKey],
     packing: Packing,
@@ -128,19 +131,13 @@ pub fn encrypt<R: Read, W: Write + Send + Sync>(
     let mut message = LiteralWriter::new(message)
         .build()
         .map_err(|err| e("setting up the literal packet", err))?;
-    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
-    loop {
-        let n = match plain.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(format!("reading the dump: {err}")),
-        };
+    for chunk in plain {
         message
-            .write_all(&buf[..n])
+            .write_all(&chunk)
             .map_err(|err| format!("writing the artifact: {err}"))?;
-        total += n as u64;
+        total += chunk.len() as u64;
+        done(chunk);
     }
     message
         .finalize()
