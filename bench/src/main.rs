@@ -273,7 +273,7 @@ impl Bench {
         }
         walls.sort();
         cpus.sort();
-        let default = if (algo, level) == ("zip", 3) {
+        let default = if (algo, level) == ("zip", 2) {
             " (default)"
         } else {
             ""

@@ -48,8 +48,15 @@ fn removing_the_fingerprint_and_reloading_fails_closed_then_recovers() {
     let good = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, "this is not toml [").expect("break config");
     daemon.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(daemon.log().contains("reload failed"), "{}", daemon.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("reload failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(
+        !selftest_passes(&daemon),
+        "the last good config (fail-closed) stays"
+    );
     std::fs::write(&config, good).expect("restore config");
 
     std::fs::write(&env_file, format!("BACKUP_GPG_FPR={fpr}\n")).expect("env file");
