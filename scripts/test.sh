@@ -12,4 +12,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The e2e tests run target/debug/cutter-backupd and cutterctl: build them first.
 cargo build --workspace --bins --locked
 scripts/demo.sh
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -19,12 +19,25 @@ use cutter_core::config::Config;
 use cutter_core::manifest::Manifest;
 use cutter_core::selftest::{self, Report};
 use cutter_core::setup::{Setup, shown_key};
+use cutter_core::store::Store;
 use cutter_core::{Error, runid};
 
 use crate::notify;
 
+/// A finished backup: its manifest, whether it already existed, and the
+/// directory it is in (the setup it was taken with, whatever a reload did since).
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// True for an idempotent retry that returned an existing artifact.
+    pub reused: bool,
+    /// The store it was written to.
+    pub store: Store,
+}
+
 /// The outcome of one flight, shared by every caller of that run_id.
-pub type Outcome = Result<(Manifest, bool), Arc<Error>>;
+pub type Outcome = Result<Done, Arc<Error>>;
 
 /// One run_id's backup in progress.
 struct Flight {
@@ -193,11 +206,7 @@ impl Daemon {
         out
     }
 
-    async fn run_backup(
-        &self,
-        run_id: &str,
-        progress: &Arc<AtomicU64>,
-    ) -> Result<(Manifest, bool), Error> {
+    async fn run_backup(&self, run_id: &str, progress: &Arc<AtomicU64>) -> Result<Done, Error> {
         let setup = self.setup();
         let (report, ready) = selftest::run(&setup).await;
         let Some(ready) = ready else {
@@ -212,7 +221,11 @@ impl Daemon {
             .map_err(|e| Error::Internal(format!("verify task failed: {e}")))??;
         if let Some(m) = existing {
             tracing::info!(run_id, sha256 = %m.sha256, "returning the existing complete artifact");
-            return Ok((m, true));
+            return Ok(Done {
+                manifest: m,
+                reused: true,
+                store: setup.store.clone(),
+            });
         }
         let permits = Arc::clone(&self.permits.read().unwrap_or_else(PoisonError::into_inner));
         let _permit = permits.acquire_owned().await.map_err(|_| Error::Stopping)?;
@@ -236,7 +249,11 @@ impl Daemon {
                     duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "backup complete"
                 );
-                Ok((m, false))
+                Ok(Done {
+                    manifest: m,
+                    reused: false,
+                    store: setup.store.clone(),
+                })
             }
             Err(e) => {
                 tracing::error!(run_id, error = %e, "backup failed; nothing was left behind");

@@ -1,5 +1,5 @@
-//! The gRPC face of the daemon: authorisation, the three RPCs, and the
-//! mapping of core errors to status codes a caller can act on.
+//! The gRPC face of the daemon: authorisation of every call, the RPCs, and
+//! the mapping of core errors to status codes a caller can act on.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,13 +12,12 @@ use cutter_backup::v1::{
     PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
     SelftestRequest, StatusReport, StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
 };
-use cutter_core::manifest::Manifest;
 use cutter_core::selftest;
-use cutter_core::setup::{KeyResolution, Setup};
+use cutter_core::setup::KeyResolution;
 use cutter_core::store::Entry;
 use cutter_core::{Error, ErrorKind, key};
 
-use crate::daemon::{Daemon, summarize};
+use crate::daemon::{Daemon, Done, summarize};
 use crate::{ops, peer};
 
 /// The gRPC face of [`Daemon`].
@@ -39,9 +38,8 @@ impl BackupService for Service {
     ) -> Result<Response<BackupEnvelope>, Status> {
         self.authorize(&req)?;
         let run_id = req.into_inner().run_id;
-        let (manifest, reused) = self.0.backup(run_id).await.map_err(|e| to_status(&e))?;
-        let setup = self.0.setup();
-        Ok(Response::new(envelope(&setup, &manifest, reused)))
+        let done = self.0.backup(run_id).await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(envelope(&done)))
     }
 
     async fn selftest(
@@ -160,13 +158,14 @@ impl BackupService for Service {
     }
 }
 
-fn envelope(setup: &Setup, m: &Manifest, reused: bool) -> BackupEnvelope {
+fn envelope(done: &Done) -> BackupEnvelope {
+    let (m, reused, store) = (&done.manifest, done.reused, &done.store);
     BackupEnvelope {
         run_id: m.run_id.clone(),
         sha256: m.sha256.clone(),
         size_bytes: m.size_bytes,
         gpg_fpr: m.gpg_fpr.clone(),
-        artifact_ref: setup.store.artifact_path(&m.run_id).display().to_string(),
+        artifact_ref: store.artifact_path(&m.run_id).display().to_string(),
         created_at: m.created_at.clone(),
         tables: m
             .tables
@@ -176,7 +175,7 @@ fn envelope(setup: &Setup, m: &Manifest, reused: bool) -> BackupEnvelope {
                 rows: t.rows,
             })
             .collect(),
-        manifest_ref: setup.store.manifest_path(&m.run_id).display().to_string(),
+        manifest_ref: store.manifest_path(&m.run_id).display().to_string(),
         server_version: m.server_version.clone(),
         pg_dump_version: m.pg_dump_version.clone(),
         duration_ms: m.duration_ms,
