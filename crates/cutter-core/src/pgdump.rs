@@ -19,6 +19,21 @@ pub fn default_path(server_major: u32) -> PathBuf {
     PathBuf::from(format!("/usr/lib/postgresql/{server_major}/bin/pg_dump"))
 }
 
+/// The newest installed PostgreSQL's bin directory (`/usr/lib/postgresql/N/bin`).
+pub fn newest_bindir() -> Option<PathBuf> {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    versions
+        .iter()
+        .rev()
+        .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+        .find(|d| d.is_dir())
+}
+
 /// `pg_dump --version`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgDumpVersion {

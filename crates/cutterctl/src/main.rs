@@ -78,28 +78,7 @@ enum Command {
     /// Decrypt a backup with your secret key and load it into a scratch
     /// database (never the live one), then compare row counts with the
     /// manifest. Works without the daemon.
-    Restore {
-        /// The run.
-        run_id: String,
-        /// Your secret key (gpg --export-secret-keys --armor FPR > FILE).
-        #[arg(long)]
-        secret_key: PathBuf,
-        /// File with the key's passphrase; without it you are asked (no echo).
-        #[arg(long)]
-        passphrase_file: Option<PathBuf>,
-        /// Scratch database URL; created when missing, refused when not empty.
-        #[arg(long, required_unless_present = "to_file")]
-        into: Option<String>,
-        /// Only decrypt, into this new file (mode 0600).
-        #[arg(long, conflicts_with = "into")]
-        to_file: Option<PathBuf>,
-        /// The daemon's config: where backups are and which database is live.
-        #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// psql to load with (default: the newest installed).
-        #[arg(long)]
-        psql: Option<PathBuf>,
-    },
+    Restore(restore::Restore),
 }
 
 fn main() -> ExitCode {
@@ -118,25 +97,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    if let Command::Restore {
-        run_id,
-        secret_key,
-        passphrase_file,
-        into,
-        to_file,
-        config,
-        psql,
-    } = args.command
-    {
-        let r = restore::Restore {
-            run_id,
-            secret_key,
-            passphrase_file,
-            into,
-            to_file,
-            config,
-            psql,
-        };
+    if let Command::Restore(r) = args.command {
         return match tokio::task::spawn_blocking(move || restore::run(&r)).await {
             Ok(Ok(true)) => ExitCode::SUCCESS,
             Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),
@@ -205,7 +166,7 @@ async fn run(args: Args) -> ExitCode {
             })
             .await
             .map(|_| ExitCode::SUCCESS),
-        Command::Restore { .. } => unreachable!("handled above"),
+        Command::Restore(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,

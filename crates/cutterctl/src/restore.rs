@@ -16,21 +16,28 @@ use cutter_core::{runid, verify};
 
 use crate::prompt;
 
-/// What to restore and where.
+/// What to restore and where (`cutterctl restore …`).
+#[derive(Debug, clap::Args)]
 pub struct Restore {
     /// The run.
     pub run_id: String,
-    /// Operator's secret key file.
+    /// Your secret key (gpg --export-secret-keys --armor FPR > FILE).
+    #[arg(long)]
     pub secret_key: PathBuf,
-    /// File holding the key's passphrase (else a no-echo prompt).
+    /// File with the key's passphrase; without it you are asked (no echo).
+    #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
-    /// Target database URL (scratch).
+    /// Scratch database URL; created when missing, refused when not empty.
+    #[arg(long, required_unless_present = "to_file")]
     pub into: Option<String>,
-    /// Only decrypt into this file.
+    /// Only decrypt, into this new file (mode 0600).
+    #[arg(long, conflicts_with = "into")]
     pub to_file: Option<PathBuf>,
-    /// The daemon's config (backup.dir, and the live database to refuse).
+    /// The daemon's config: where backups are and which database is live.
+    #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// psql to use.
+    /// psql to load with (default: the newest installed).
+    #[arg(long)]
     pub psql: Option<PathBuf>,
 }
 
@@ -245,18 +252,8 @@ impl Psql {
 }
 
 fn default_psql() -> PathBuf {
-    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort_unstable();
-    versions
-        .last()
-        .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin/psql")))
-        .filter(|p| p.is_file())
+    cutter_core::pgdump::newest_bindir()
+        .map(|d| d.join("psql"))
         .unwrap_or_else(|| PathBuf::from("psql"))
 }
 

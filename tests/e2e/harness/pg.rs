@@ -46,19 +46,8 @@ pub struct Cluster {
 
 /// The newest installed server's bin directory; panics when none is installed.
 pub fn bindir() -> PathBuf {
-    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort_unstable();
-    versions
-        .iter()
-        .rev()
-        .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
-        .find(|d| d.join("initdb").is_file())
+    cutter_core::pgdump::newest_bindir()
+        .filter(|d| d.join("initdb").is_file())
         .unwrap_or_else(|| {
             panic!("no PostgreSQL server under /usr/lib/postgresql: run the README's test command, which installs it")
         })
