@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages cutter-backup needs to build, test and demo:
 # PostgreSQL (server + client), GnuPG, and what sequoia's OpenSSL backend
-# needs to build. Idempotent: does nothing when everything is present.
+# needs to build; systemd for systemd-analyze (unit checks) and bsdutils for
+# script(1) (the TTY test). Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates)
+packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils)
 
 missing=()
 for p in "${packages[@]}"; do
