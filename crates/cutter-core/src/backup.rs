@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Compression, TableName};
 use crate::copyrows::CopyRows;
-use crate::encrypt::{CHUNK, HashingWriter, Packing, encrypt};
+use crate::encrypt::{HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
 use crate::key::UsableKey;
 use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
@@ -33,6 +33,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 const WRITE_BUFFER: usize = 1 << 20;
 /// pg_dump's pipe, enlarged from the default 64 KiB so it rarely blocks.
 const PIPE_SIZE: usize = 1 << 20;
+/// Bytes the reader hands the encryptor at a time.
+const CHUNK: usize = 256 * 1024;
 /// Chunks queued between the reader and the encryptor (memory in flight is
 /// about QUEUE × CHUNK).
 const QUEUE: usize = 4;

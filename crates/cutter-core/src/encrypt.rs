@@ -18,9 +18,6 @@ use sha2::{Digest, Sha256};
 use crate::config::Compression;
 use crate::key::UsableKey;
 
-/// Bytes read from the dump per write into the OpenPGP stack.
-pub const CHUNK: usize = 256 * 1024;
-
 /// A writer that hashes and counts what it passes on.
 pub struct HashingWriter<W> {
     inner: W,
