@@ -199,6 +199,12 @@ async fn key_from_the_gnupg_keyring() {
     let mut cfg = world.config(Some(&fpr), None);
     cfg.gnupg_home = Some(world.gpg.home().to_owned());
     let daemon = world.start(&cfg);
+    let selftest = daemon.ctl(&["selftest"]);
+    assert!(
+        String::from_utf8_lossy(&selftest.stdout).contains("from the GnuPG keyring"),
+        "{}",
+        String::from_utf8_lossy(&selftest.stdout)
+    );
     let out = daemon.ctl(&["backup", "--run-id", "ring-run"]);
     assert!(
         out.status.success(),

@@ -63,6 +63,15 @@ pub enum CertOrigin {
     Keyring,
 }
 
+impl std::fmt::Display for CertOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertOrigin::File(p) => write!(f, "{}", p.display()),
+            CertOrigin::Keyring => f.write_str("the GnuPG keyring"),
+        }
+    }
+}
+
 /// A cert found for the configured fingerprint, public parts only.
 #[derive(Debug, Clone)]
 pub struct LoadedCert {

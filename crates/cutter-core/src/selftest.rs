@@ -214,9 +214,10 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
                     "key",
                     Status::Pass,
                     format!(
-                        "key {} valid, {} encryption key(s), expires {expiry}",
+                        "key {} valid, {} encryption key(s), expires {expiry}, from {}",
                         shown(&k.fingerprint),
-                        k.encryption_keys.len()
+                        k.encryption_keys.len(),
+                        loaded.origin
                     ),
                 );
             }
