@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::harness::proc::wait_until;
 use crate::harness::{Grants, KeyKind, World};
 
 fn selftest_passes(daemon: &crate::harness::Daemon) -> bool {
@@ -11,13 +12,11 @@ fn selftest_passes(daemon: &crate::harness::Daemon) -> bool {
 
 /// Polls until the reload has been applied (the signal is asynchronous).
 fn wait_for(daemon: &crate::harness::Daemon, want_pass: bool) {
-    for _ in 0..200 {
-        if selftest_passes(daemon) == want_pass {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("selftest never became {want_pass}:\n{}", daemon.log());
+    wait_until(
+        Duration::from_secs(10),
+        || selftest_passes(daemon) == want_pass,
+        || format!("selftest never became {want_pass}:\n{}", daemon.log()),
+    );
 }
 
 #[test]
@@ -48,11 +47,11 @@ fn removing_the_fingerprint_and_reloading_fails_closed_then_recovers() {
     let good = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, "this is not toml [").expect("break config");
     daemon.signal("HUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !daemon.log().contains("reload failed") {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || daemon.log().contains("reload failed"),
+        || daemon.log(),
+    );
     assert!(
         !selftest_passes(&daemon),
         "the last good config (fail-closed) stays"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::proc::{require, run, workspace_bin};
+use crate::harness::proc::{require, run, wait_until, workspace_bin};
 use crate::harness::{Daemon, Grants, KeyKind, World, pg};
 
 /// Collects notify messages until `until` matches one or `within` passes.
@@ -139,14 +139,11 @@ pub fn slow_pg_dump(dir: &Path, secs: u32) -> PathBuf {
 }
 
 fn wait_for_partial(world: &World) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if world.backup_files().iter().any(|f| f.ends_with(".partial")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the backup never started: {:?}", world.backup_files());
+    wait_until(
+        Duration::from_secs(10),
+        || world.backup_files().iter().any(|f| f.ends_with(".partial")),
+        || format!("the backup never started: {:?}", world.backup_files()),
+    );
 }
 
 #[test]

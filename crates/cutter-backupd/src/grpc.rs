@@ -25,6 +25,18 @@ use crate::{ops, peer};
 pub struct Service(pub Arc<Daemon>);
 
 impl Service {
+    fn running(&self) -> Vec<RunningBackup> {
+        self.0
+            .running_backups()
+            .into_iter()
+            .map(|r| RunningBackup {
+                run_id: r.run_id,
+                bytes: r.bytes,
+                elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         peer::authorize(req, &self.0.setup().config.server.allowed_uids)
     }
@@ -56,6 +68,15 @@ impl BackupService for Service {
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReport>, Status> {
         self.authorize(&req)?;
+        if req.get_ref().running_only {
+            return Ok(Response::new(StatusReport {
+                version: cutter_backup::VERSION.to_owned(),
+                source_commit: cutter_backup::SOURCE_COMMIT.to_owned(),
+                uptime_seconds: self.0.started.elapsed().as_secs(),
+                running: self.running(),
+                ..StatusReport::default()
+            }));
+        }
         let setup = self.0.setup();
         let (report, _) = selftest::run(&setup).await;
         let store = setup.store.clone();
@@ -109,16 +130,7 @@ impl BackupService for Service {
             backup_dir: setup.store.dir().display().to_string(),
             disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
             tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
-            running: self
-                .0
-                .running_backups()
-                .into_iter()
-                .map(|r| RunningBackup {
-                    run_id: r.run_id,
-                    bytes: r.bytes,
-                    elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
-                })
-                .collect(),
+            running: self.running(),
         }))
     }
 

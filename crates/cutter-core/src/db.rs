@@ -189,8 +189,7 @@ impl Database {
     /// Looks every table up in the catalogs (readable by any role, so a
     /// missing grant does not hide a table) with the role's privileges.
     pub async fn inspect_tables(&self, tables: &[TableName]) -> Result<Vec<TableState>> {
-        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let (schemas, names) = split_names(tables);
         let rows = sqlx::query(
             "SELECT c.oid IS NOT NULL, \
                     COALESCE(has_table_privilege(c.oid, 'SELECT'), false), \
@@ -223,8 +222,7 @@ impl Database {
     /// The sequences owned by the tables (serial and identity columns):
     /// `pg_dump --table` dumps their values too, so the role needs SELECT on them.
     pub async fn inspect_sequences(&self, tables: &[TableName]) -> Result<Vec<SequenceState>> {
-        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let (schemas, names) = split_names(tables);
         let rows = sqlx::query(
             "SELECT DISTINCT sn.nspname::text, s.relname::text, \
                     has_sequence_privilege(s.oid, 'SELECT') \
@@ -330,6 +328,14 @@ fn parts(opts: &PgConnectOptions) -> (String, u16, String, String) {
     let user = opts.get_username().to_owned();
     let db = opts.get_database().unwrap_or(&user).to_owned();
     (host, opts.get_port(), db, user)
+}
+
+/// The tables' schemas and names as two parallel arrays, for `unnest($1, $2)`.
+fn split_names(tables: &[TableName]) -> (Vec<&str>, Vec<&str>) {
+    tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip()
 }
 
 /// libpq accepts `postgres://user@/db?host=/run/postgresql` (empty host, the

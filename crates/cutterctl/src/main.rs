@@ -127,7 +127,9 @@ async fn run(args: Args) -> ExitCode {
             .await
             .map(|r| output::selftest(&r.into_inner(), args.json)),
         Command::Status => client
-            .status(cutter_backup::v1::StatusRequest {})
+            .status(cutter_backup::v1::StatusRequest {
+                running_only: false,
+            })
             .await
             .map(|r| output::status(&r.into_inner(), args.json)),
         Command::Backup { run_id } => {

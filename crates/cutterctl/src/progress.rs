@@ -1,6 +1,6 @@
 //! `cutterctl backup` on a terminal: a progress line (bytes, rate, elapsed)
 //! on stderr for backups that take more than a moment, fed by the daemon's
-//! Status. Nothing extra with `--json` or when stderr is not a terminal.
+//! cheap `Status{running_only}` (no selftest, no directory scan). Nothing extra with `--json` or when stderr is not a terminal.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ pub async fn backup(
                 if started.elapsed() < QUIET_FOR {
                     continue;
                 }
-                let Ok(st) = poller.status(StatusRequest {}).await else { continue };
+                let Ok(st) = poller.status(StatusRequest { running_only: true }).await else { continue };
                 if let Some(r) = st.into_inner().running.into_iter().find(|r| r.run_id == run_id) {
                     let secs = (r.elapsed_ms as f64 / 1000.0).max(0.001);
                     eprint!(

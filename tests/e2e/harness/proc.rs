@@ -82,3 +82,20 @@ pub fn sha256sum(path: &Path) -> String {
         .expect("sha256sum output")
         .to_owned()
 }
+
+/// Polls `done` every 20 ms until it holds; after `within`, panics with `what()`.
+pub fn wait_until(
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {}",
+            what()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
