@@ -20,7 +20,8 @@ use cutter_core::manifest::Manifest;
 use cutter_core::selftest::{self, Report};
 use cutter_core::setup::{Setup, shown_key};
 use cutter_core::store::Store;
-use cutter_core::{Error, runid};
+use cutter_core::Error;
+use cutter_core::runid::RunId;
 
 use crate::notify;
 
@@ -28,6 +29,10 @@ use crate::notify;
 /// directory it is in (the setup it was taken with, whatever a reload did since).
 #[derive(Debug, Clone)]
 pub struct Done {
+    /// The run.
+    pub run_id: RunId,
+    /// Who signed the manifest.
+    pub signer_fpr: String,
     /// The manifest.
     pub manifest: Manifest,
     /// True for an idempotent retry that returned an existing artifact.
@@ -146,19 +151,19 @@ impl Daemon {
 
     /// The backup for `run_id`, shared with concurrent callers of the same id.
     pub async fn backup(self: &Arc<Self>, run_id: String) -> Outcome {
-        runid::validate(&run_id).map_err(Arc::new)?;
+        let run_id = RunId::parse(&run_id).map_err(Arc::new)?;
         if self.stopping.load(Ordering::SeqCst) {
             return Err(Arc::new(Error::Stopping));
         }
         let mut rx = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            match flights.get(&run_id) {
+            match flights.get(run_id.as_str()) {
                 Some(f) => f.done.clone(),
                 None => {
                     let (tx, rx) = watch::channel(None);
                     let progress = Arc::new(AtomicU64::new(0));
                     flights.insert(
-                        run_id.clone(),
+                        run_id.to_string(),
                         Flight {
                             done: rx.clone(),
                             progress: Arc::clone(&progress),
@@ -173,7 +178,7 @@ impl Daemon {
                         me.flights
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&run_id);
+                            .remove(run_id.as_str());
                         me.running.fetch_sub(1, Ordering::SeqCst);
                     });
                     rx
@@ -206,7 +211,8 @@ impl Daemon {
         out
     }
 
-    async fn run_backup(&self, run_id: &str, progress: &Arc<AtomicU64>) -> Result<Done, Error> {
+    async fn run_backup(&self, id: &RunId, progress: &Arc<AtomicU64>) -> Result<Done, Error> {
+        let run_id = id.as_str();
         let setup = self.setup();
         let (report, ready) = selftest::run(&setup).await;
         let Some(ready) = ready else {
@@ -214,14 +220,20 @@ impl Daemon {
             tracing::warn!(run_id, error = %e, "backup refused");
             return Err(e);
         };
-        let store = setup.store.clone();
-        let id = run_id.to_owned();
-        let existing = tokio::task::spawn_blocking(move || store.existing_verified(&id))
-            .await
-            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))??;
-        if let Some(m) = existing {
+        let existing = {
+            let (setup, ready, id) = (Arc::clone(&setup), ready.clone(), id.clone());
+            tokio::task::spawn_blocking(move || backup::reusable(&setup, &ready, &id))
+                .await
+                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?
+        };
+        if let Err(e) = &existing {
+            tracing::warn!(run_id, error = %e, "refused to reuse or overwrite what stands under the run's names");
+        }
+        if let Some(m) = existing? {
             tracing::info!(run_id, sha256 = %m.sha256, "returning the existing complete artifact");
             return Ok(Done {
+                run_id: id.clone(),
+                signer_fpr: ready.signer().fingerprint(),
                 manifest: m,
                 reused: true,
                 store: setup.store.clone(),
@@ -233,7 +245,7 @@ impl Daemon {
         match backup::take(
             &setup,
             &ready,
-            run_id,
+            id,
             &self.producer,
             &self.cancel,
             progress,
@@ -250,6 +262,8 @@ impl Daemon {
                     "backup complete"
                 );
                 Ok(Done {
+                    run_id: id.clone(),
+                    signer_fpr: ready.signer().fingerprint(),
                     manifest: m,
                     reused: false,
                     store: setup.store.clone(),

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use cutter_backup::v1::backup_service_server::BackupService;
 use cutter_backup::v1::{
-    BackupEnvelope, Check, LastBackup, ListReply, ListRequest, PinReply, PinRequest,
+    BackupEnvelope, Check, GetSignerRequest, LastBackup, SignerInfo, ListReply, ListRequest, PinReply, PinRequest,
     PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
     SelftestRequest, StatusReport, StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
 };
@@ -18,7 +18,7 @@ use cutter_core::store::Entry;
 use cutter_core::{Error, ErrorKind, key};
 
 use crate::daemon::{Daemon, Done, summarize};
-use crate::{ops, peer};
+use crate::ops;
 
 /// The gRPC face of [`Daemon`].
 #[derive(Clone)]
@@ -36,10 +36,6 @@ impl Service {
             })
             .collect()
     }
-
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        peer::authorize(req, &self.0.setup().config.server.allowed_uids)
-    }
 }
 
 #[tonic::async_trait]
@@ -48,7 +44,6 @@ impl BackupService for Service {
         &self,
         req: Request<PreWriteBackupRequest>,
     ) -> Result<Response<BackupEnvelope>, Status> {
-        self.authorize(&req)?;
         let run_id = req.into_inner().run_id;
         let done = self.0.backup(run_id).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(envelope(&done)))
@@ -56,9 +51,8 @@ impl BackupService for Service {
 
     async fn selftest(
         &self,
-        req: Request<SelftestRequest>,
+        _req: Request<SelftestRequest>,
     ) -> Result<Response<SelftestReport>, Status> {
-        self.authorize(&req)?;
         let (report, _) = selftest::run(&self.0.setup()).await;
         Ok(Response::new(SelftestReport {
             passed: report.passed(),
@@ -67,7 +61,6 @@ impl BackupService for Service {
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReport>, Status> {
-        self.authorize(&req)?;
         if req.get_ref().running_only {
             return Ok(Response::new(StatusReport {
                 version: cutter_backup::VERSION.to_owned(),
@@ -94,10 +87,7 @@ impl BackupService for Service {
         };
         let last_backup = entries
             .iter()
-            .filter_map(|e| match e {
-                Entry::Complete(m) => Some(m),
-                Entry::Orphan { .. } => None,
-            })
+            .filter_map(Entry::manifest)
             .max_by(|a, b| a.created_at.cmp(&b.created_at))
             .map(|m| LastBackup {
                 run_id: m.run_id.clone(),
@@ -105,13 +95,7 @@ impl BackupService for Service {
                 size_bytes: m.size_bytes,
                 sha256: m.sha256.clone(),
             });
-        let artifact_bytes = entries
-            .iter()
-            .map(|e| match e {
-                Entry::Complete(m) => m.size_bytes,
-                Entry::Orphan { size_bytes, .. } => *size_bytes,
-            })
-            .sum();
+        let artifact_bytes = entries.iter().map(|e| e.size_bytes).sum();
         Ok(Response::new(StatusReport {
             version: cutter_backup::VERSION.to_owned(),
             source_commit: cutter_backup::SOURCE_COMMIT.to_owned(),
@@ -131,11 +115,15 @@ impl BackupService for Service {
             disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
             tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
             running: self.running(),
+            signer_fpr: setup
+                .signer
+                .as_ref()
+                .map(|s| s.fingerprint())
+                .unwrap_or_default(),
         }))
     }
 
-    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        self.authorize(&req)?;
+    async fn list(&self, _req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let store = self.0.setup().store.clone();
         ops::blocking(move || ops::list(&store))
             .await
@@ -143,16 +131,17 @@ impl BackupService for Service {
     }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
-        self.authorize(&req)?;
         let r = req.into_inner();
-        let store = self.0.setup().store.clone();
-        ops::blocking(move || ops::verify(&store, &r.run_id, r.all))
-            .await
-            .map(Response::new)
+        let setup = self.0.setup();
+        ops::blocking(move || {
+            let trust = ops::trust(&setup, &r.signer_certs, &r.expect_sha256)?;
+            ops::verify(&setup.store, &trust, &r.run_id, r.all)
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn prune(&self, req: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
-        self.authorize(&req)?;
         let confirm = req.into_inner().confirm;
         let setup = self.0.setup();
         ops::blocking(move || ops::prune(&setup, confirm))
@@ -161,23 +150,36 @@ impl BackupService for Service {
     }
 
     async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinReply>, Status> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let store = self.0.setup().store.clone();
         ops::blocking(move || ops::pin(&store, &r.run_id, r.pinned, &r.note))
             .await
             .map(|()| Response::new(PinReply {}))
     }
+
+    async fn get_signer(
+        &self,
+        _req: Request<GetSignerRequest>,
+    ) -> Result<Response<SignerInfo>, Status> {
+        let setup = self.0.setup();
+        let signer = setup.signer.as_ref().map_err(|why| {
+            Status::failed_precondition(format!("the manifest signing key is unusable: {why}"))
+        })?;
+        Ok(Response::new(SignerInfo {
+            fingerprint: signer.fingerprint(),
+            cert_armored: signer.public_armored().map_err(Status::internal)?,
+        }))
+    }
 }
 
 fn envelope(done: &Done) -> BackupEnvelope {
-    let (m, reused, store) = (&done.manifest, done.reused, &done.store);
+    let (m, reused, store, id) = (&done.manifest, done.reused, &done.store, &done.run_id);
     BackupEnvelope {
         run_id: m.run_id.clone(),
         sha256: m.sha256.clone(),
         size_bytes: m.size_bytes,
         gpg_fpr: m.gpg_fpr.clone(),
-        artifact_ref: store.artifact_path(&m.run_id).display().to_string(),
+        artifact_ref: store.artifact_path(id).display().to_string(),
         created_at: m.created_at.clone(),
         tables: m
             .tables
@@ -187,12 +189,14 @@ fn envelope(done: &Done) -> BackupEnvelope {
                 rows: t.rows,
             })
             .collect(),
-        manifest_ref: store.manifest_path(&m.run_id).display().to_string(),
+        manifest_ref: store.manifest_path(id).display().to_string(),
         server_version: m.server_version.clone(),
         pg_dump_version: m.pg_dump_version.clone(),
         duration_ms: m.duration_ms,
         reused,
         recipient_fprs: m.recipients.iter().map(|r| r.fingerprint.clone()).collect(),
+        signature_ref: store.signature_path(id).display().to_string(),
+        signer_fpr: done.signer_fpr.clone(),
     }
 }
 
@@ -216,5 +220,6 @@ fn to_status(e: &Error) -> Status {
         ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
         ErrorKind::Unavailable => Status::unavailable(msg),
         ErrorKind::Internal => Status::internal(msg),
+        ErrorKind::AlreadyExists => Status::already_exists(msg),
     }
 }

@@ -32,10 +32,17 @@ struct Args {
     /// Validate the config file and exit.
     #[arg(long)]
     check_config: bool,
+    /// Ask the daemon with this pid to reload (SIGHUP) and exit: the unit's
+    /// ExecReload, which works where /bin/kill is not installed.
+    #[arg(long, value_name = "PID")]
+    signal_reload: Option<i32>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(pid) = args.signal_reload {
+        return signals::send_reload(pid);
+    }
     logging::init();
     let config = match Config::load(&args.config) {
         Ok(c) => c,

@@ -9,9 +9,11 @@ use cutter_backup::v1::{
     ArtifactInfo, ListReply, PruneDecision, PruneReply, VerifyReply, VerifyResult,
 };
 use cutter_core::retention::{self, Action, Policy};
+use cutter_core::runid::RunId;
 use cutter_core::setup::Setup;
-use cutter_core::store::{Entry, Store};
-use cutter_core::{runid, verify};
+use cutter_core::signer::{self, Cert};
+use cutter_core::store::{Entry, ManifestState, Store};
+use cutter_core::verify::{self, Trust};
 
 /// Runs `f` on the blocking pool; a panic there becomes INTERNAL.
 pub async fn blocking<T: Send + 'static>(
@@ -22,10 +24,30 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
+/// What manifests must be signed by: the certs the caller pinned, else the
+/// daemon's own signer and `restore.trusted_signers`.
+pub fn trust(setup: &Setup, pinned: &[u8], expect_sha256: &str) -> Result<Trust, Status> {
+    let signers = if pinned.is_empty() {
+        let mut v: Vec<Cert> = setup.signer.iter().map(|s| s.public_cert()).collect();
+        v.extend(
+            signer::read_all(&setup.config.restore.trusted_signers)
+                .map_err(Status::failed_precondition)?,
+        );
+        v
+    } else {
+        signer::parse_certs(pinned).map_err(Status::invalid_argument)?
+    };
+    let expect_sha256 = (!expect_sha256.is_empty()).then(|| expect_sha256.to_owned());
+    Ok(Trust {
+        signers,
+        expect_sha256,
+    })
+}
+
 /// Every run, newest first.
 pub fn list(store: &Store) -> Result<ListReply, Status> {
     let entries = store.list().map_err(|e| Status::internal(e.to_string()))?;
-    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(|e| info(store, e)).collect();
+    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(info).collect();
     artifacts.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
@@ -34,80 +56,85 @@ pub fn list(store: &Store) -> Result<ListReply, Status> {
     Ok(ListReply { artifacts })
 }
 
-fn info(store: &Store, e: &Entry) -> ArtifactInfo {
-    match e {
-        Entry::Complete(m) => {
-            let actual = std::fs::metadata(store.artifact_path(&m.run_id))
-                .map(|md| md.len())
-                .ok();
-            let (state, detail) = match actual {
-                Some(n) if n == m.size_bytes => ("complete", String::new()),
-                Some(n) => (
+fn info(e: &Entry) -> ArtifactInfo {
+    let base = ArtifactInfo {
+        run_id: e.run_id.to_string(),
+        size_bytes: e.size_bytes,
+        pinned: e.pinned,
+        ..ArtifactInfo::default()
+    };
+    match &e.manifest {
+        ManifestState::Present(signed) => {
+            let m = &signed.manifest;
+            let (state, detail) = if signed.signature.is_none() {
+                ("corrupt", "unsigned manifest".to_owned())
+            } else if e.size_bytes != m.size_bytes {
+                (
                     "corrupt",
-                    format!("{n} bytes, manifest says {}", m.size_bytes),
-                ),
-                None => ("corrupt", "artifact missing".to_owned()),
+                    format!("{} bytes, manifest says {}", e.size_bytes, m.size_bytes),
+                )
+            } else {
+                ("complete", String::new())
             };
             ArtifactInfo {
-                run_id: m.run_id.clone(),
                 created_at: m.created_at.clone(),
-                size_bytes: m.size_bytes,
                 sha256: m.sha256.clone(),
                 key_fprs: m.recipients.iter().map(|r| r.fingerprint.clone()).collect(),
                 total_rows: m.total_rows(),
                 state: state.to_owned(),
-                pinned: store.is_pinned(&m.run_id),
                 detail,
+                ..base
             }
         }
-        Entry::Orphan {
-            run_id,
-            reason,
-            size_bytes,
-        } => ArtifactInfo {
-            run_id: run_id.clone(),
-            size_bytes: *size_bytes,
-            state: if reason == "no manifest" {
-                "orphan"
-            } else {
-                "corrupt"
-            }
-            .to_owned(),
-            pinned: store.is_pinned(run_id),
-            detail: reason.clone(),
-            ..ArtifactInfo::default()
+        ManifestState::Missing => ArtifactInfo {
+            state: "orphan".to_owned(),
+            detail: "no manifest".to_owned(),
+            ..base
+        },
+        ManifestState::Bad(why) => ArtifactInfo {
+            state: "corrupt".to_owned(),
+            detail: why.clone(),
+            ..base
         },
     }
 }
 
 /// Verifies one run or all of them.
-pub fn verify(store: &Store, run_id: &str, all: bool) -> Result<VerifyReply, Status> {
-    let ids: Vec<String> = if all {
+pub fn verify(
+    store: &Store,
+    trust: &Trust,
+    run_id: &str,
+    all: bool,
+) -> Result<VerifyReply, Status> {
+    let ids: Vec<RunId> = if all {
         store
             .list()
             .map_err(|e| Status::internal(e.to_string()))?
-            .iter()
-            .map(|e| e.run_id().to_owned())
+            .into_iter()
+            .map(|e| e.run_id)
             .collect()
     } else {
-        runid::validate(run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !store.artifact_path(run_id).exists() && !store.manifest_path(run_id).exists() {
+        let id = RunId::parse(run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !store
+            .has_any(&id)
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
             return Err(Status::not_found(format!(
-                "no backup for run_id {run_id} in {}",
+                "no backup for run_id {id} in {}",
                 store.dir().display()
             )));
         }
-        vec![run_id.to_owned()]
+        vec![id]
     };
     let results = ids
         .into_iter()
         .map(|id| {
-            let outcome = verify::verify(store, &id);
+            let outcome = verify::verify(store, &id, trust);
             VerifyResult {
                 artifact_ref: store.artifact_path(&id).display().to_string(),
                 ok: outcome.is_ok(),
                 reason: outcome.err().unwrap_or_default(),
-                run_id: id,
+                run_id: id.to_string(),
             }
         })
         .collect();
@@ -120,8 +147,9 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
         keep_last: setup.config.retention.keep_last,
         keep_days: setup.config.retention.keep_days,
     };
-    let decisions =
-        retention::plan(&setup.store, policy, SystemTime::now()).map_err(Status::internal)?;
+    let trust = trust(setup, &[], "")?;
+    let decisions = retention::plan(&setup.store, &trust, policy, SystemTime::now())
+        .map_err(Status::internal)?;
     if confirm {
         retention::apply(&setup.store, &decisions).map_err(Status::internal)?;
         for d in decisions.iter().filter(|d| d.action == Action::Delete) {
@@ -132,7 +160,7 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
         decisions: decisions
             .into_iter()
             .map(|d| PruneDecision {
-                run_id: d.run_id,
+                run_id: d.run_id.to_string(),
                 action: match d.action {
                     Action::Keep => "keep",
                     Action::Delete => "delete",
@@ -151,11 +179,11 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
 
 /// Pins or unpins a run.
 pub fn pin(store: &Store, run_id: &str, pinned: bool, note: &str) -> Result<(), Status> {
-    runid::validate(run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let id = RunId::parse(run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let result = if pinned {
-        store.pin(run_id, note)
+        store.pin(&id, note)
     } else {
-        store.unpin(run_id)
+        store.unpin(&id)
     };
     result.map_err(|e| Status::failed_precondition(e.to_string()))?;
     tracing::info!(run_id, pinned, note, "pin changed");

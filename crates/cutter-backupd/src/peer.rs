@@ -1,5 +1,8 @@
 //! Peer authorisation: the socket is 0600 root, and on top of that every
-//! request's SO_PEERCRED uid must be in `server.allowed_uids`.
+//! request's SO_PEERCRED uid must be in `server.allowed_uids`. The check runs
+//! as an interceptor, on the request's headers, before its body is read or
+//! decoded; and at start, [`reachable`] refuses uids that a user namespace
+//! (`PrivateUsers=yes`) would show as nobody.
 
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
@@ -29,5 +32,42 @@ pub fn authorize<T>(req: &Request<T>, allowed: &[u32]) -> Result<(), Status> {
             tracing::warn!("refused a peer without credentials");
             Err(Status::permission_denied("peer credentials unavailable"))
         }
+    }
+}
+
+/// Checks that every allowed uid is mapped into this process's user
+/// namespace: under `PrivateUsers=yes` only root and the service's own uid
+/// are, and every other peer shows up as 65534 (nobody), so such an entry
+/// could never admit anyone.
+pub fn reachable(allowed: &[u32]) -> Result<(), String> {
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return Ok(());
+    };
+    let ranges: Vec<(u64, u64)> = map
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(str::parse::<u64>);
+            match (f.next(), f.next(), f.next()) {
+                (Some(Ok(inside)), Some(Ok(_)), Some(Ok(count))) => Some((inside, count)),
+                _ => None,
+            }
+        })
+        .collect();
+    let unmapped: Vec<String> = allowed
+        .iter()
+        .filter(|&&u| {
+            !ranges
+                .iter()
+                .any(|&(inside, count)| (inside..inside + count).contains(&u64::from(u)))
+        })
+        .map(ToString::to_string)
+        .collect();
+    if unmapped.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "server.allowed_uids {} cannot be seen from this user namespace (the unit's PrivateUsers=yes maps only root and the service user; everyone else appears as 65534): set PrivateUsers=no in a drop-in, or allow only uid 0",
+            unmapped.join(", ")
+        ))
     }
 }

@@ -7,15 +7,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use cutter_backup::v1::backup_service_server::BackupServiceServer;
 use cutter_core::config::Config;
+use cutter_core::manifest::SignedManifest;
+use cutter_core::runid::RunId;
 use cutter_core::setup::{Setup, shown_key};
+use cutter_core::verify;
 
 use crate::daemon::Daemon;
 use crate::grpc::Service;
-use crate::{listener, notify, signals::Signals};
+use crate::{listener, notify, peer, signals::Signals};
+
+/// The largest request decoded (a Verify carrying pinned signer certs is
+/// the largest legitimate one, a few KiB).
+const MAX_REQUEST: usize = 256 * 1024;
 
 /// Loads, listens, serves until SIGTERM/SIGINT, reloading on SIGHUP.
 /// `activated` is the socket systemd passed, if any.
@@ -27,6 +34,7 @@ pub async fn run(
     let (stop_signal, hup) = Signals::register()
         .context("registering signal handlers")?
         .split();
+    peer::reachable(&config.server.allowed_uids).map_err(anyhow::Error::msg)?;
     let setup = Setup::load(config, Setup::env_fingerprint()).context("loading the config")?;
     recover(&setup);
     let socket = setup.config.server.socket.clone();
@@ -68,9 +76,18 @@ pub async fn run(
             spawn_grace_timer(&daemon, grace);
         }
     };
+    let max_connections = daemon.setup().config.server.max_connections;
+    let service = BackupServiceServer::new(Service(Arc::clone(&daemon)))
+        .max_decoding_message_size(MAX_REQUEST);
+    let authorized = {
+        let d = Arc::clone(&daemon);
+        InterceptedService::new(service, move |req: tonic::Request<()>| {
+            peer::authorize(&req, &d.setup().config.server.allowed_uids).map(|()| req)
+        })
+    };
     tonic::transport::Server::builder()
-        .add_service(BackupServiceServer::new(Service(Arc::clone(&daemon))))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .add_service(authorized)
+        .serve_with_incoming_shutdown(listener::incoming(listener, max_connections), stop)
         .await
         .context("serving gRPC")?;
     // Backups whose caller went away still run in their own tasks.
@@ -153,10 +170,16 @@ fn recover(setup: &Setup) {
     if !setup.store.dir().is_dir() {
         return;
     }
-    match setup.store.recover() {
+    // Only a manifest this daemon signed is rolled forward.
+    let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
+    let accept = |signed: &SignedManifest| match (&own, RunId::parse(&signed.manifest.run_id)) {
+        (Some(cert), Ok(id)) => verify::authenticate(&id, signed, std::slice::from_ref(cert)).is_ok(),
+        _ => false,
+    };
+    match setup.store.recover(&accept) {
         Ok(r) => {
-            for p in &r.removed {
-                tracing::info!(path = %p.display(), "removed a leftover partial file");
+            for name in &r.removed {
+                tracing::info!(file = %name, "removed a leftover partial file");
             }
             for id in &r.completed {
                 tracing::info!(run_id = %id, "completed a backup interrupted between renames");

@@ -36,3 +36,20 @@ impl Signals {
         (shutdown, self.hup)
     }
 }
+
+/// `cutter-backupd --signal-reload PID`: SIGHUP to the daemon, as the unit's
+/// ExecReload (a minimal Debian has no /bin/kill).
+pub fn send_reload(pid: i32) -> std::process::ExitCode {
+    let sent = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::other("pid must be positive"))
+        .and_then(|p| {
+            rustix::process::kill_process(p, rustix::process::Signal::HUP).map_err(io::Error::from)
+        });
+    match sent {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cutter-backupd: cannot signal pid {pid} to reload: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -25,7 +25,10 @@ use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
 use crate::pgdump::Dump;
 use crate::selftest::Ready;
 use crate::setup::Setup;
+use crate::runid::RunId;
+use crate::store::ARTIFACT_SUFFIX;
 use crate::time::rfc3339;
+use crate::verify::{Trust, verify};
 
 /// How often a running dump is checked for stop and stalls.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
@@ -55,12 +58,66 @@ struct Streamed {
     copy_rows: Vec<(String, u64)>,
 }
 
-/// Takes the backup for `run_id` (already validated) and returns its manifest.
+/// The idempotent-retry rule: `Ok(None)` when nothing stands under the
+/// run's names; its manifest when a finished run fully verifies (signed by
+/// this daemon, naming this run, the bytes it names, encrypted to today's
+/// keys, with today's tables); `AlreadyExists` with the reason otherwise, so
+/// a retry never returns junk or a different backup, and never overwrites.
+pub fn reusable(setup: &Setup, ready: &Ready, id: &RunId) -> Result<Option<Manifest>> {
+    if !setup.store.has_any(id)? {
+        return Ok(None);
+    }
+    let exists = |reason: String| Error::AlreadyExists {
+        run_id: id.to_string(),
+        reason,
+    };
+    let trust = Trust {
+        signers: vec![ready.signer().public_cert()],
+        expect_sha256: None,
+    };
+    let m = verify(&setup.store, id, &trust).map_err(exists)?;
+    let want: Vec<Recipient> = recipients(ready);
+    if m.recipients != want {
+        let show = |r: &[Recipient]| {
+            r.iter()
+                .map(|r| format!("…{}", r.fingerprint.get(32..).unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(exists(format!(
+            "it is encrypted to [{}], today's keys are [{}]",
+            show(&m.recipients),
+            show(&want)
+        )));
+    }
+    let tables: Vec<String> = ready.tables().iter().map(ToString::to_string).collect();
+    let had: Vec<String> = m.tables.iter().map(|t| t.table.clone()).collect();
+    if had != tables {
+        return Err(exists(format!(
+            "it holds tables [{}], today's scope is [{}]",
+            had.join(", "),
+            tables.join(", ")
+        )));
+    }
+    Ok(Some(m))
+}
+
+fn recipients(ready: &Ready) -> Vec<Recipient> {
+    ready
+        .keys()
+        .map(|k| Recipient {
+            fingerprint: k.fingerprint.as_str().to_owned(),
+            encryption_keys: k.encryption_keys.clone(),
+        })
+        .collect()
+}
+
+/// Takes the backup for `run_id` and returns its manifest.
 /// `progress` counts plaintext bytes as they are dumped.
 pub async fn take(
     setup: &Setup,
     ready: &Ready,
-    run_id: &str,
+    run_id: &RunId,
     producer: &Producer,
     cancel: &Cancel,
     progress: &Arc<AtomicU64>,
@@ -76,16 +133,16 @@ pub async fn take(
         level: setup.config.backup.compression_level,
     };
     let dump = Dump::start(
-        &ready.pg_dump,
+        ready.pg_dump(),
         setup.db.target(),
         &snapshot.id,
-        &ready.tables,
+        ready.tables(),
     )
-    .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump.display())))?;
+    .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump().display())))?;
     let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
     let (streamed, counts) = tokio::join!(
         supervise(dump, file, ready, packing, cancel, progress, stall),
-        snapshot.count(&ready.tables)
+        snapshot.count(ready.tables())
     );
     if let Err(e) = snapshot.release().await {
         tracing::warn!(error = %e, "closing the snapshot transaction failed");
@@ -95,24 +152,13 @@ pub async fn take(
     check_counts(&counts, &streamed.copy_rows)?;
     let manifest = Manifest {
         format: FORMAT,
-        run_id: run_id.to_owned(),
+        run_id: run_id.to_string(),
         created_at: rfc3339(SystemTime::now()),
-        artifact: setup
-            .store
-            .artifact_path(run_id)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        artifact: format!("{run_id}{ARTIFACT_SUFFIX}"),
         sha256: streamed.sha256,
         size_bytes: streamed.size_bytes,
-        gpg_fpr: ready.key.fingerprint.to_string(),
-        recipients: ready
-            .keys()
-            .map(|k| Recipient {
-                fingerprint: k.fingerprint.to_string(),
-                encryption_keys: k.encryption_keys.clone(),
-            })
-            .collect(),
+        gpg_fpr: ready.key().fingerprint.as_str().to_owned(),
+        recipients: recipients(ready),
         tables: counts
             .iter()
             .map(|(t, rows)| TableRows {
@@ -126,14 +172,16 @@ pub async fn take(
             Compression::Zip => format!("zip-{}", packing.level),
             Compression::Zlib => format!("zlib-{}", packing.level),
         },
-        server_version: ready.server.version.clone(),
-        pg_dump_version: ready.pg_dump_version.line.clone(),
+        server_version: ready.server().version.clone(),
+        pg_dump_version: ready.pg_dump_version().line.clone(),
         producer: producer.0.clone(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
+    let bytes = manifest.to_bytes().map_err(Error::Internal)?;
+    let signature = ready.signer().sign(&bytes).map_err(Error::Internal)?;
     let store = setup.store.clone();
     let m = manifest.clone();
-    tokio::task::spawn_blocking(move || store.commit(partial, &m))
+    tokio::task::spawn_blocking(move || store.commit(partial, &m, &signature))
         .await
         .map_err(|e| Error::Internal(format!("commit task failed: {e}")))??;
     Ok(manifest)
@@ -268,14 +316,12 @@ fn stream(
         .map_err(|e| Error::PgDump(format!("reading pg_dump's output: {e}")))?;
     let plaintext_bytes = encrypted?;
     let (mut writer, sha256, size_bytes) = sink.finish();
-    writer
-        .flush()
-        .map_err(|e| Error::Encrypt(format!("writing the artifact: {e}")))?;
+    let io = |action: &'static str, e: io::Error| Error::io(action, "the partial artifact", e);
+    writer.flush().map_err(|e| io("write", e))?;
     let file = writer
         .into_inner()
-        .map_err(|e| Error::Encrypt(format!("writing the artifact: {}", e.error())))?;
-    file.sync_all()
-        .map_err(|e| Error::Encrypt(format!("fsync of the artifact: {e}")))?;
+        .map_err(|e| io("write", e.into_error()))?;
+    file.sync_all().map_err(|e| io("fsync", e))?;
     Ok(Streamed {
         sha256,
         size_bytes,

@@ -36,6 +36,44 @@ pub struct Config {
     /// `[retention]`.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// `[signer]`.
+    #[serde(default)]
+    pub signer: SignerConfig,
+    /// `[restore]`.
+    #[serde(default)]
+    pub restore: RestoreConfig,
+}
+
+/// `[signer]`: the daemon's manifest signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// Where the key lives (made on first start, mode 0600); never inside
+    /// `backup.dir`.
+    #[serde(default = "default_signer_key")]
+    pub key_file: PathBuf,
+}
+
+impl Default for SignerConfig {
+    fn default() -> Self {
+        Self {
+            key_file: default_signer_key(),
+        }
+    }
+}
+
+fn default_signer_key() -> PathBuf {
+    PathBuf::from("/var/lib/cutter/signer/manifest-signing-key.asc")
+}
+
+/// `[restore]`: what `cutterctl verify` and `restore` trust.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Pinned signer certs (`cutterctl signer export > FILE`); a manifest
+    /// must be signed by one of them. `--signer FILE` overrides.
+    #[serde(default)]
+    pub trusted_signers: Vec<PathBuf>,
 }
 
 /// `[retention]`: what `cutterctl prune` keeps.
@@ -80,6 +118,9 @@ pub struct ServerConfig {
     /// are aborted (pg_dump killed, partials removed).
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: u64,
+    /// Connections open at once; one more is closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +129,7 @@ impl Default for ServerConfig {
             socket: default_socket(),
             allowed_uids: default_allowed_uids(),
             stop_grace_secs: default_stop_grace(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -204,6 +246,9 @@ fn default_allowed_uids() -> Vec<u32> {
 fn default_stop_grace() -> u64 {
     60
 }
+fn default_max_connections() -> usize {
+    64
+}
 fn default_gpg() -> PathBuf {
     PathBuf::from("gpg")
 }
@@ -301,13 +346,20 @@ impl Config {
         if self.backup.max_concurrent == 0 {
             return Err("backup.max_concurrent must be at least 1".into());
         }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
         if self.server.allowed_uids.is_empty() {
             return Err("server.allowed_uids is empty: nobody could call the daemon".into());
         }
-        if self.database.url.contains('@') && url_has_password(&self.database.url) {
-            return Err(
-                "database.url carries a password: remove it and use database.password_file".into(),
-            );
+        check_url(&self.database.url)?;
+        let key = std::path::absolute(&self.signer.key_file).unwrap_or_default();
+        let dir = std::path::absolute(&self.backup.dir).unwrap_or_default();
+        if key.starts_with(&dir) {
+            return Err(format!(
+                "signer.key_file {} is inside backup.dir: anyone who can write backups could swap it; keep it in the state directory",
+                key.display()
+            ));
         }
         Ok(())
     }
@@ -331,6 +383,50 @@ impl Config {
         out.dedup();
         Ok(out)
     }
+}
+
+/// The URL parameters both sqlx and libpq (pg_dump) understand the same
+/// way; anything else would make the pool and the dump connect differently.
+pub const URL_PARAMS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "options",
+    "application_name",
+];
+
+/// A database URL carries no password (in the authority or as `password=`)
+/// and no parameter outside [`URL_PARAMS`].
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url_has_password(url) {
+        return Err(
+            "database.url carries a password: remove it and use database.password_file".into(),
+        );
+    }
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if name.eq_ignore_ascii_case("password") {
+            return Err(
+                "database.url carries a password parameter: remove it and use database.password_file"
+                    .into(),
+            );
+        }
+        if !URL_PARAMS.contains(&name) {
+            return Err(format!(
+                "database.url parameter {:?} is not supported (allowed: {}): the pool and pg_dump must connect the same way",
+                name.escape_debug().to_string(),
+                URL_PARAMS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// True when a `scheme://user:secret@host` URL carries a password.
@@ -407,6 +503,16 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_with_a_password_or_an_unknown_parameter_are_refused() {
+        assert!(check_url("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem").is_ok());
+        assert!(check_url("postgres://u:pw@h/db").is_err());
+        assert!(check_url("postgres://u@h/db?password=pw").is_err());
+        assert!(check_url("postgres://u@h/db?sslmode=require&PASSWORD=pw").is_err());
+        let e = check_url("postgres://u@h/db?target_session_attrs=any").expect_err("unknown");
+        assert!(e.contains("target_session_attrs"), "{e}");
+    }
 
     #[test]
     fn password_in_url_is_detected() {

@@ -29,32 +29,84 @@ impl Secret {
     }
 }
 
-/// Where pg_dump should connect: the same server, role and database as the pool.
+/// Where a libpq-style URL points, and how a child process (pg_dump, psql)
+/// connects there exactly as the pool does: the URL itself (no password,
+/// only parameters sqlx and libpq read alike, see `config::check_url`) as
+/// `--dbname`, and the password in the environment, never argv.
 #[derive(Debug, Clone)]
 pub struct ConnTarget {
-    /// Host name or socket directory (PGHOST).
+    /// The URL as configured (no password).
+    pub url: String,
+    /// Host name or socket directory.
     pub host: String,
-    /// Port (PGPORT).
+    /// Port.
     pub port: u16,
-    /// Role (PGUSER).
+    /// Role.
     pub user: String,
-    /// Database (PGDATABASE).
+    /// Database.
     pub database: String,
     /// Password (PGPASSWORD, env only, never argv).
     pub password: Option<Secret>,
+    /// The URL's TLS and session parameters (sslmode, sslrootcert, options …).
+    pub params: Vec<(String, String)>,
 }
 
 impl ConnTarget {
-    /// The libpq environment for a child process; the password travels here,
-    /// never in argv.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![
-            ("PGHOST", self.host.clone()),
-            ("PGPORT", self.port.to_string()),
-            ("PGUSER", self.user.clone()),
-            ("PGDATABASE", self.database.clone()),
-            ("PGAPPNAME", "cutter-backupd".to_owned()),
+    /// Parses `url` (checked by `config::check_url`) the way the pool does.
+    pub fn parse(url: &str, password: Option<Secret>) -> Result<Self> {
+        crate::config::check_url(url).map_err(|reason| Error::ConfigKey {
+            key: "database.url",
+            reason,
+        })?;
+        let opts = options(url)?;
+        let host = match opts.get_socket() {
+            Some(dir) => dir.to_string_lossy().into_owned(),
+            None => opts.get_host().to_owned(),
+        };
+        let user = opts.get_username().to_owned();
+        let params = url
+            .split_once('?')
+            .map_or("", |(_, q)| q)
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !matches!(*k, "host" | "hostaddr" | "port" | "dbname" | "user"))
+            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+            .collect();
+        Ok(Self {
+            url: url.to_owned(),
+            params,
+            host,
+            port: opts.get_port(),
+            database: opts.get_database().unwrap_or(&user).to_owned(),
+            user,
+            password,
+        })
+    }
+
+    /// `user@host:port/database`, for messages.
+    pub fn shown(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+    }
+
+    /// A keyword/value conninfo for psql: this server and its TLS settings,
+    /// with another database and role (a restore's admin and load sessions).
+    pub fn conninfo(&self, database: &str, user: &str) -> String {
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut parts = vec![
+            format!("host={}", q(&self.host)),
+            format!("port={}", self.port),
+            format!("dbname={}", q(database)),
+            format!("user={}", q(user)),
         ];
+        parts.extend(self.params.iter().map(|(k, v)| format!("{k}={}", q(v))));
+        parts.join(" ")
+    }
+
+    /// The libpq environment for a child: only the password and a default
+    /// application name. The caller removes every other `PG*` variable, so
+    /// nothing in the environment can steer the connection.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("PGAPPNAME", "cutter-backupd".to_owned())];
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD", p.expose().to_owned()));
         }
@@ -62,11 +114,50 @@ impl ConnTarget {
     }
 }
 
+/// Removes every `PG*` variable from `cmd`'s environment (PGSERVICE,
+/// PGHOSTADDR, PGOPTIONS … would override or extend what we pass).
+pub fn clear_pg_env(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// `%2F` → `/` in URL query values.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn options(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(&with_host(url)).map_err(|e| Error::ConfigKey {
+        key: "database.url",
+        reason: e.to_string(),
+    })
+}
+
 /// The daemon's handle on the database.
 #[derive(Clone)]
 pub struct Database {
     pool: PgPool,
     target: ConnTarget,
+    problem: Option<String>,
 }
 
 /// Shows where, never how: the pool's connect options carry the password.
@@ -126,40 +217,38 @@ impl Database {
     /// Builds the pool without connecting: a database that is down at start
     /// makes selftest FAIL, it does not stop the daemon.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Self> {
-        let mut opts =
-            PgConnectOptions::from_str(&with_host(&cfg.url)).map_err(|e| Error::Config {
-                path: "database.url".into(),
-                reason: e.to_string(),
-            })?;
-        opts = opts.application_name("cutter-backupd");
-        let password = match &cfg.password_file {
-            Some(path) => Some(read_password(path)?),
-            None => None,
+        // A bad password file makes selftest FAIL (the daemon stays up and
+        // says what to fix); only a malformed URL is a config error.
+        let (password, problem) = match cfg.password_file.as_deref().map(read_password) {
+            None => (None, None),
+            Some(Ok(p)) => (Some(p), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
         };
-        if let Some(p) = &password {
+        let target = ConnTarget::parse(&cfg.url, password)?;
+        let mut opts = options(&cfg.url)?;
+        if !cfg.url.contains("application_name=") {
+            opts = opts.application_name("cutter-backupd");
+        }
+        if let Some(p) = &target.password {
             opts = opts.password(p.expose());
         }
-        let host = match opts.get_socket() {
-            Some(dir) => dir.to_string_lossy().into_owned(),
-            None => opts.get_host().to_owned(),
-        };
-        let target = ConnTarget {
-            host,
-            port: opts.get_port(),
-            user: opts.get_username().to_owned(),
-            database: opts
-                .get_database()
-                .unwrap_or(opts.get_username())
-                .to_owned(),
-            password,
-        };
         let pool = PgPoolOptions::new()
             .max_connections(cfg.pool_size.max(2))
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(cfg.connect_timeout_secs))
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(opts);
-        Ok(Self { pool, target })
+        Ok(Self {
+            pool,
+            target,
+            problem,
+        })
+    }
+
+    /// Why the database cannot be used as configured (an unreadable or
+    /// too-open password file), if so.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
     }
 
     /// Where pg_dump connects.
@@ -310,26 +399,6 @@ impl Snapshot {
     }
 }
 
-/// Where a libpq-style URL points: (host or socket dir, port, database, user).
-pub fn url_target(url: &str) -> Result<(String, u16, String, String)> {
-    let opts = PgConnectOptions::from_str(&with_host(url)).map_err(|e| Error::Config {
-        path: "database url".into(),
-        reason: e.to_string(),
-    })?;
-    Ok(parts(&opts))
-}
-
-/// (host or socket dir, port, database, user) as libpq would use them.
-fn parts(opts: &PgConnectOptions) -> (String, u16, String, String) {
-    let host = match opts.get_socket() {
-        Some(dir) => dir.to_string_lossy().into_owned(),
-        None => opts.get_host().to_owned(),
-    };
-    let user = opts.get_username().to_owned();
-    let db = opts.get_database().unwrap_or(&user).to_owned();
-    (host, opts.get_port(), db, user)
-}
-
 /// The tables' schemas and names as two parallel arrays, for `unnest($1, $2)`.
 fn split_names(tables: &[TableName]) -> (Vec<&str>, Vec<&str>) {
     tables
@@ -357,15 +426,20 @@ pub fn with_host(url: &str) -> String {
     }
 }
 
-fn read_password(path: &std::path::Path) -> Result<Secret> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io("read password_file", path, e))?;
+/// Reads the first line of a secret file that only its owner can read.
+pub fn read_password(path: &std::path::Path) -> Result<Secret> {
+    let bad = |reason: String| Error::ConfigKey {
+        key: "database.password_file",
+        reason,
+    };
+    let f = std::fs::File::open(path).map_err(|e| Error::io("read password_file", path, e))?;
+    crate::signer::check_secret_mode(&f, path).map_err(|e| bad(e.to_string()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(&f, 64 * 1024), &mut text)
+        .map_err(|e| Error::io("read password_file", path, e))?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
-        return Err(Error::Config {
-            path: path.to_owned(),
-            reason: "database.password_file is empty".into(),
-        });
+        return Err(bad(format!("{} is empty", path.display())));
     }
     Ok(Secret(line.to_owned()))
 }
@@ -373,6 +447,19 @@ fn read_password(path: &std::path::Path) -> Result<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conninfo_keeps_tls_settings_and_quotes_values() {
+        let t = ConnTarget::parse(
+            "postgres://u@db.example:5433/live?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+            None,
+        )
+        .expect("parses");
+        assert_eq!(
+            t.conninfo("scr'atch", "cutter_restore"),
+            "host='db.example' port=5433 dbname='scr\\'atch' user='cutter_restore' sslmode='verify-full' sslrootcert='/etc/ca.pem'"
+        );
+    }
 
     #[test]
     fn socket_urls_without_a_host_are_accepted() {
@@ -410,6 +497,8 @@ mod secret_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "hunter2-secret\n").expect("write");
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let db = Database::connect_lazy(&DatabaseConfig {
             url: "postgres://cutter_exec@127.0.0.1:1/directus".into(),
             password_file: Some(pw),

@@ -2,7 +2,7 @@
 //! with a passphrase they supply, decrypts an artifact into a writer. The
 //! daemon never calls this: it only ever holds the public key.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use sequoia_openpgp as openpgp;
@@ -21,9 +21,13 @@ use openpgp::types::SymmetricAlgorithm;
 pub use openpgp::Cert;
 pub use openpgp::crypto::Password;
 
-/// Reads the operator's secret key file (armored or binary, one or more certs).
+/// Reads the operator's secret key file (armored or binary, one or more
+/// certs); refuses one that group or others can read.
 pub fn read_secret_keys(path: &Path) -> Result<Vec<Cert>, String> {
-    let certs = CertParser::from_file(path)
+    let f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read secret key {}: {e}", path.display()))?;
+    crate::signer::check_secret_mode(&f, path).map_err(|e| format!("secret key: {e}"))?;
+    let certs = CertParser::from_reader(f)
         .map_err(|e| format!("cannot read secret key {}: {e}", path.display()))?
         .collect::<openpgp::Result<Vec<Cert>>>()
         .map_err(|e| format!("{} is not an OpenPGP key: {e}", path.display()))?;
@@ -36,9 +40,12 @@ pub fn read_secret_keys(path: &Path) -> Result<Vec<Cert>, String> {
     Ok(certs)
 }
 
-/// Decrypts `artifact` into `out` with `keys`; returns the plaintext size.
+/// Decrypts the message `artifact` yields into `out` with `keys`; returns
+/// the plaintext size. An `Err` may come after some plaintext was written
+/// (sequoia streams large messages before their MDC is checked): callers
+/// must treat `out` as garbage on error.
 pub fn decrypt(
-    artifact: &Path,
+    artifact: impl Read + Send + Sync,
     keys: &[Cert],
     passphrase: Option<Password>,
     out: &mut dyn Write,
@@ -49,13 +56,51 @@ pub fn decrypt(
         passphrase,
         problem: None,
     };
-    let mut decryptor = DecryptorBuilder::from_file(artifact)
-        .map_err(|e| format!("cannot open {}: {e}", artifact.display()))?
+    let mut decryptor = DecryptorBuilder::from_reader(artifact)
+        .map_err(|e| format!("cannot read the artifact: {e}"))?
         .with_policy(&policy, None, helper)
-        .map_err(|e| format!("cannot decrypt {}: {e}", artifact.display()))?;
-    let n = io::copy(&mut decryptor, out)
-        .map_err(|e| format!("decrypting {}: {e}", artifact.display()))?;
+        .map_err(|e| format!("cannot decrypt: {e}"))?;
+    let n = io::copy(&mut decryptor, out).map_err(|e| format!("decrypting: {e}"))?;
     Ok(n)
+}
+
+/// A reader that hashes (sha256) and counts what passes through it, so a
+/// restore can prove the bytes it decrypted are the ones the signed
+/// manifest names, whatever happened to the file after verify read it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: sha2::Digest::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Reads what is left, then returns the lowercase hex sha256 and size
+    /// of everything read.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((
+            crate::encrypt::hex(&sha2::Digest::finalize(self.hasher)),
+            self.bytes,
+        ))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 struct Helper<'a> {

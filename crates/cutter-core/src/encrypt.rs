@@ -16,7 +16,7 @@ use openpgp::types::{CompressionAlgorithm, CompressionLevel, Features};
 use sha2::{Digest, Sha256};
 
 use crate::config::Compression;
-use crate::key::UsableKey;
+use crate::key::{UsableKey, encryption_keys_of};
 
 /// A writer that hashes and counts what it passes on.
 pub struct HashingWriter<W> {
@@ -94,14 +94,7 @@ pub fn encrypt<W: Write + Send + Sync>(
             .cert
             .with_policy(&policy, now)
             .map_err(|e| format!("key …{} became invalid: {e}", k.fingerprint.tail()))?;
-        for ka in vc
-            .keys()
-            .supported()
-            .alive()
-            .revoked(false)
-            .for_storage_encryption()
-            .for_transport_encryption()
-        {
+        for ka in encryption_keys_of(&vc) {
             recipients.push(Recipient::new(
                 seipdv1_only.clone(),
                 openpgp::KeyHandle::from(ka.key().keyid()),

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Something broke while the backup ran (pg_dump failed, disk error).
     Internal,
+    /// Something stands under the run's names that cannot be returned.
+    AlreadyExists,
 }
 
 /// Everything that can go wrong in the core library.
@@ -31,6 +33,14 @@ pub enum Error {
         /// The file that was read.
         path: PathBuf,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A config key has a value that cannot work.
+    #[error("config key {key}: {reason}")]
+    ConfigKey {
+        /// The TOML key, e.g. `database.url`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
         reason: String,
     },
     /// A run_id that must not become a file name.
@@ -74,6 +84,17 @@ pub enum Error {
     /// An invariant of the daemon itself broke (a task vanished).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A retry found files under the run's names that do not fully verify
+    /// for today's keys and tables: never returned, never overwritten.
+    #[error(
+        "run_id {run_id} already has files that cannot be returned as its backup ({reason}); use a new run_id, or move them aside for inspection"
+    )]
+    AlreadyExists {
+        /// The run.
+        run_id: String,
+        /// Why they cannot be returned.
+        reason: String,
+    },
     /// An artifact exists under the final name but does not match its manifest.
     #[error(
         "artifact {path} exists but does not verify ({reason}); move it aside for inspection, it is never overwritten"
@@ -91,9 +112,11 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidRunId { .. } => ErrorKind::InvalidArgument,
-            Error::NotReady(_) | Error::Config { .. } | Error::CorruptArtifact { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            Error::NotReady(_)
+            | Error::Config { .. }
+            | Error::ConfigKey { .. }
+            | Error::CorruptArtifact { .. } => ErrorKind::FailedPrecondition,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::DatabaseUnavailable(_) | Error::Stopping => ErrorKind::Unavailable,
             Error::Database(_)
             | Error::PgDump(_)

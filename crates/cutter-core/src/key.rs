@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use sequoia_openpgp as openpgp;
 
 use openpgp::Cert;
+use openpgp::cert::amalgamation::key::ValidKeyAmalgamationIter;
+use openpgp::packet::key;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
@@ -43,15 +45,17 @@ impl Fingerprint {
     }
 }
 
+/// Shows only the tail, `…1A2B3C4D`: the full fingerprint is never printed
+/// in reports and logs, and formatting one cannot forget that rule.
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "…{}", self.tail())
     }
 }
 
 /// The shown form of a fingerprint: `…1A2B3C4D`.
 pub fn shown(fpr: &Fingerprint) -> String {
-    format!("…{}", fpr.tail())
+    fpr.to_string()
 }
 
 /// Where a cert was found, for the selftest detail.
@@ -145,6 +149,19 @@ fn certs_from_keyring(key: &KeyConfig, fpr: &Fingerprint) -> Result<Vec<Cert>, S
         .map_err(|e| format!("gpg --export {} gave unreadable data: {e}", shown(fpr)))
 }
 
+/// The one rule for which keys of a cert are encrypted to: supported, alive,
+/// not revoked, and flagged for storage and transport encryption.
+pub fn encryption_keys_of<'a>(
+    vc: &ValidCert<'a>,
+) -> ValidKeyAmalgamationIter<'a, key::PublicParts, key::UnspecifiedRole> {
+    vc.keys()
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_storage_encryption()
+        .for_transport_encryption()
+}
+
 /// A cert that is valid now, with the encryption subkeys that will be used.
 #[derive(Debug, Clone)]
 pub struct UsableKey {
@@ -204,14 +221,7 @@ pub fn usable(loaded: &LoadedCert, now: SystemTime) -> Result<UsableKey, String>
     }
     let mut encryption_keys = Vec::new();
     let mut subkey_expiries = Vec::new();
-    for ka in vc
-        .keys()
-        .supported()
-        .alive()
-        .revoked(false)
-        .for_storage_encryption()
-        .for_transport_encryption()
-    {
+    for ka in encryption_keys_of(&vc) {
         encryption_keys.push(ka.key().fingerprint().to_hex());
         subkey_expiries.push(ka.key_expiration_time());
     }

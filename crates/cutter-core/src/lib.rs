@@ -17,6 +17,7 @@ pub mod retention;
 pub mod runid;
 pub mod selftest;
 pub mod setup;
+pub mod signer;
 pub mod store;
 pub mod time;
 pub mod verify;

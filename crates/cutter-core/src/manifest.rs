@@ -1,11 +1,15 @@
 //! The manifest written next to every artifact: what was dumped, from which
 //! snapshot's counts, encrypted to which keys, and the artifact's checksum.
-//! It is the envelope's source of truth on an idempotent retry.
+//! It is the envelope's source of truth on an idempotent retry, and it is
+//! only believed with a good signature beside it (`<run_id>.manifest.json.sig`,
+//! see `signer`), because anyone who can write the directory can write one.
 
 use serde::{Deserialize, Serialize};
 
-/// Current manifest format.
-pub const FORMAT: u32 = 1;
+/// Current manifest format (2: signed).
+pub const FORMAT: u32 = 2;
+/// The largest manifest (or signature) read: ours are a few KiB.
+pub const MAX_BYTES: u64 = 256 * 1024;
 
 /// One key the artifact is encrypted to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +65,50 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The bytes written to disk (and signed).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut json =
+            serde_json::to_vec_pretty(self).map_err(|e| format!("serialise manifest: {e}"))?;
+        json.push(b'\n');
+        Ok(json)
+    }
+
+    /// Parses manifest bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))
+    }
+
+    /// The one checksum rule: the artifact's bytes are the ones the manifest names.
+    pub fn check_bytes(&self, sha256: &str, size_bytes: u64) -> Result<(), String> {
+        if size_bytes != self.size_bytes {
+            return Err(format!(
+                "{} is {size_bytes} bytes, the manifest says {} (truncated or appended)",
+                self.artifact, self.size_bytes
+            ));
+        }
+        if sha256 != self.sha256 {
+            return Err(format!(
+                "{} has sha256 {sha256}, the manifest says {} (the file changed)",
+                self.artifact, self.sha256
+            ));
+        }
+        Ok(())
+    }
+
     /// Sum of all table row counts.
     pub fn total_rows(&self) -> u64 {
         self.tables.iter().map(|t| t.rows).sum()
     }
+}
+
+/// A manifest as read from disk: its exact bytes (what the signature covers),
+/// the parsed form, and the signature file's bytes if there was one.
+#[derive(Debug, Clone)]
+pub struct SignedManifest {
+    /// Parsed.
+    pub manifest: Manifest,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// `<run_id>.manifest.json.sig`, when present.
+    pub signature: Option<Vec<u8>>,
 }

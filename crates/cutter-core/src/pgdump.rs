@@ -98,13 +98,13 @@ impl Dump {
         for t in tables {
             cmd.arg("--table").arg(t.quoted());
         }
-        // Only our libpq variables reach the child, so a stray PGSERVICE or
-        // PGOPTIONS in the daemon's environment cannot redirect the dump.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
+        // Exactly the pool's connection: its URL (no password; sslmode,
+        // sslrootcert, options … included) and the password in the
+        // environment. No other PG* variable reaches the child, so a stray
+        // PGSERVICE or PGOPTIONS in the daemon's environment cannot redirect
+        // or alter the dump.
+        cmd.arg(format!("--dbname={}", target.url));
+        crate::db::clear_pg_env(&mut cmd);
         // Its own process group, so an abort reaches every process a wrapper
         // script may have started, not just the one we spawned.
         cmd.envs(target.env())

@@ -1,10 +1,42 @@
-//! Validation of run ids: a run_id becomes a file name, so it is checked
-//! against a strict allow-list before it touches any path.
+//! Run ids: a run_id becomes a file name, so it is checked against a strict
+//! allow-list before it touches any path. [`RunId`] can only be made by that
+//! check, and every store function takes one, so an unchecked name (from a
+//! request, a manifest, a file name) cannot reach a path by accident.
 
 use crate::error::{Error, Result};
 
 /// The longest run_id accepted.
 pub const MAX_LEN: usize = 128;
+
+/// A validated run_id: 1-128 of letters, digits, '.', '_', '-', not
+/// starting with '.'.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(String);
+
+impl RunId {
+    /// Checks `s`; the error names the rule it breaks, with `s` escaped.
+    pub fn parse(s: &str) -> Result<Self> {
+        validate(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RunId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Returns `Ok(())` when `run_id` is safe to use as a file-name stem.
 pub fn validate(run_id: &str) -> Result<()> {

@@ -3,7 +3,8 @@
 //! what to do; a backup proceeds only from a [`Ready`] that no FAIL produced.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -13,8 +14,12 @@ use crate::error::{Error, ErrorKind};
 use crate::key::{UsableKey, shown, usable};
 use crate::pgdump::{self, PgDumpVersion};
 use crate::setup::{KeyResolution, Setup};
+use crate::signer::Signer;
 use crate::store::PROBE_PREFIX;
 use crate::time::rfc3339;
+
+/// The check that the manifest signing key is usable.
+pub const SIGNER: &str = "signer";
 
 /// The exact text operators grep for (from the operator report).
 pub const UNSET_MESSAGE: &str = "required env var BACKUP_GPG_FPR is unset";
@@ -84,24 +89,50 @@ impl Report {
     }
 }
 
-/// What a backup needs, produced only by a passing selftest.
+/// What a backup needs, produced only by a passing selftest: its fields
+/// are private, so nothing else can make one.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    /// The key to encrypt to (`BACKUP_GPG_FPR`).
-    pub key: UsableKey,
-    /// `key.additional_recipients`, also encrypted to.
-    pub additional: Vec<UsableKey>,
-    /// The pg_dump to run.
-    pub pg_dump: PathBuf,
-    /// Its version.
-    pub pg_dump_version: PgDumpVersion,
-    /// The server.
-    pub server: ServerInfo,
-    /// The tables.
-    pub tables: Vec<TableName>,
+    key: UsableKey,
+    additional: Vec<UsableKey>,
+    pg_dump: PathBuf,
+    pg_dump_version: PgDumpVersion,
+    server: ServerInfo,
+    tables: Vec<TableName>,
+    signer: Arc<Signer>,
 }
 
 impl Ready {
+    /// The key to encrypt to (`BACKUP_GPG_FPR`).
+    pub fn key(&self) -> &UsableKey {
+        &self.key
+    }
+
+    /// The pg_dump to run.
+    pub fn pg_dump(&self) -> &std::path::Path {
+        &self.pg_dump
+    }
+
+    /// Its version.
+    pub fn pg_dump_version(&self) -> &PgDumpVersion {
+        &self.pg_dump_version
+    }
+
+    /// The server.
+    pub fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// The tables in scope.
+    pub fn tables(&self) -> &[TableName] {
+        &self.tables
+    }
+
+    /// The manifest signing key.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
     /// Every key the artifact is encrypted to, the configured one first.
     pub fn keys(&self) -> impl Iterator<Item = &UsableKey> {
         std::iter::once(&self.key).chain(&self.additional)
@@ -113,6 +144,7 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     let now = SystemTime::now();
     let mut report = Report::default();
     let key = check_key(setup, now, &mut report);
+    let signer = check_signer(setup, &mut report);
     let additional = check_additional(setup, now, &mut report);
     let server = check_database(setup, &mut report).await;
     let pg_dump = check_pg_dump(setup, server.as_ref(), &mut report);
@@ -130,15 +162,18 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
         }
     };
     check_backup_dir(setup, sizes, &mut report);
-    let ready = match (report.passed(), key, pg_dump, server) {
-        (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server)) => Some(Ready {
-            key,
-            additional,
-            pg_dump,
-            pg_dump_version,
-            server,
-            tables: setup.tables.clone(),
-        }),
+    let ready = match (report.passed(), key, pg_dump, server, signer) {
+        (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server), Some(signer)) => {
+            Some(Ready {
+                key,
+                additional,
+                pg_dump,
+                pg_dump_version,
+                server,
+                tables: setup.tables.clone(),
+                signer,
+            })
+        }
         _ => None,
     };
     (report, ready)
@@ -230,6 +265,27 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
     }
 }
 
+fn check_signer(setup: &Setup, report: &mut Report) -> Option<Arc<Signer>> {
+    match &setup.signer {
+        Ok(s) => {
+            report.push(
+                SIGNER,
+                Status::Pass,
+                format!(
+                    "manifests signed by …{} ({}); pin it for verify/restore: cutterctl signer export",
+                    &s.fingerprint()[32..],
+                    setup.config.signer.key_file.display()
+                ),
+            );
+            Some(Arc::clone(s))
+        }
+        Err(why) => {
+            report.push(SIGNER, Status::Fail, why.clone());
+            None
+        }
+    }
+}
+
 /// Every additional recipient must be usable too: an artifact is only as
 /// recoverable as the keys it claims in its manifest.
 fn check_additional(setup: &Setup, now: SystemTime, report: &mut Report) -> Vec<UsableKey> {
@@ -274,6 +330,14 @@ fn check_additional(setup: &Setup, now: SystemTime, report: &mut Report) -> Vec<
 async fn check_database(setup: &Setup, report: &mut Report) -> Option<ServerInfo> {
     let t = setup.db.target();
     let whom = format!("{}@{}:{}/{}", t.user, t.host, t.port, t.database);
+    if let Some(problem) = setup.db.problem() {
+        report.push(
+            "database",
+            Status::Fail,
+            format!("{problem}; fix database.password_file"),
+        );
+        return None;
+    }
     match setup.db.server_info().await {
         Ok(info) if info.superuser => {
             report.push(
@@ -495,6 +559,16 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             ),
         );
     }
+    if mode & 0o020 != 0 {
+        return fail(
+            report,
+            format!(
+                "{} is group-writable (mode {mode:04o}): a group member could plant files; run `chmod 0700 {}`",
+                dir.display(),
+                dir.display()
+            ),
+        );
+    }
     if let Err(e) = tempfile::Builder::new()
         .prefix(PROBE_PREFIX)
         .tempfile_in(dir)
@@ -503,6 +577,18 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             report,
             format!(
                 "{} is not writable by the daemon ({e}): fix its owner/permissions or mount",
+                dir.display()
+            ),
+        );
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return fail(
+            report,
+            format!(
+                "{} is owned by uid {}, the daemon runs as uid {me}: run `chown {me} {}` (the tmpfiles.d entry does this)",
+                dir.display(),
+                meta.uid(),
                 dir.display()
             ),
         );

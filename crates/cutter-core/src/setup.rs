@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::config::{Config, FPR_ENV, FprSource, KeyConfig, TableName, configured_fingerprint};
@@ -12,6 +12,7 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::key::{Fingerprint, LoadedCert, load_cert, shown};
 use crate::pgdump::{self, PgDumpVersion};
+use crate::signer::Signer;
 use crate::store::Store;
 
 /// The key as far as it could be resolved, with the operator-facing reason
@@ -54,6 +55,8 @@ pub struct Setup {
     pub db: Database,
     /// The backups directory.
     pub store: Store,
+    /// The manifest signing key, or why it cannot be used.
+    pub signer: std::result::Result<Arc<Signer>, String>,
     pg_dump_versions: Mutex<HashMap<PathBuf, (SystemTime, PgDumpVersion)>>,
 }
 
@@ -62,8 +65,8 @@ impl Setup {
     /// Only a broken config is an error: a missing key or database makes
     /// selftest FAIL instead, so the daemon stays up and explains.
     pub fn load(config: Config, env_fpr: Option<String>) -> Result<Self> {
-        let tables = config.tables().map_err(|reason| Error::Config {
-            path: "backup.tables".into(),
+        let tables = config.tables().map_err(|reason| Error::ConfigKey {
+            key: "backup.tables",
             reason,
         })?;
         let key = match configured_fingerprint(&config.key, env_fpr)? {
@@ -84,6 +87,7 @@ impl Setup {
             .collect();
         let db = Database::connect_lazy(&config.database)?;
         let store = Store::new(&config.backup.dir)?;
+        let signer = Signer::load_or_create(&config.signer.key_file, &config.backup.dir).map(Arc::new);
         Ok(Self {
             config,
             tables,
@@ -91,6 +95,7 @@ impl Setup {
             additional,
             db,
             store,
+            signer,
             pg_dump_versions: Mutex::new(HashMap::new()),
         })
     }

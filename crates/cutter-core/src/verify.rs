@@ -1,48 +1,75 @@
-//! Verifying an artifact without its private key: the file's sha256 and size
-//! against its manifest, then its OpenPGP structure (who can decrypt it, and
-//! that it is SEIPDv1 so GnuPG 2.2 can).
+//! Verifying an artifact without its private key: the manifest's signature
+//! against the signers the operator pinned, the manifest naming this run,
+//! the file's sha256 and size against the manifest (and against the
+//! orchestrator's recorded envelope when given), then its OpenPGP structure
+//! (who can decrypt it, and that it is SEIPDv1 so GnuPG 2.2 can).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::io::Read;
 
 use sequoia_openpgp as openpgp;
 
 use openpgp::Packet;
 use openpgp::parse::{PacketParser, PacketParserResult, Parse};
-use openpgp::{Fingerprint, KeyID};
+use openpgp::{Cert, Fingerprint, KeyID};
 
-use crate::manifest::Manifest;
-use crate::store::{Store, hash_file};
+use crate::manifest::{Manifest, SignedManifest};
+use crate::runid::RunId;
+use crate::signer::verify_detached;
+use crate::store::Store;
 
-/// Checks `run_id`'s artifact; `Err` says what is wrong, naming the file.
-pub fn verify(store: &Store, run_id: &str) -> Result<Manifest, String> {
-    let artifact = store.artifact_path(run_id);
-    let manifest = store
-        .read_manifest(run_id)
-        .map_err(|e| format!("manifest unreadable: {e}"))?
-        .ok_or_else(|| format!("no manifest {}", store.manifest_path(run_id).display()))?;
-    let (sha, size) = hash_file(&artifact).map_err(|e| e.to_string())?;
-    if size != manifest.size_bytes {
-        return Err(format!(
-            "{} is {size} bytes, the manifest says {} (truncated or appended)",
-            artifact.display(),
-            manifest.size_bytes
-        ));
+/// What an artifact must be anchored to before it is believed.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// Signer certs the operator pinned; a manifest must carry a good
+    /// signature by one of them.
+    pub signers: Vec<Cert>,
+    /// The sha256 the orchestrator recorded from the envelope, if known.
+    pub expect_sha256: Option<String>,
+}
+
+/// Authenticates a manifest read from disk: a good signature by a pinned
+/// signer, naming this run and this run's artifact file.
+pub fn authenticate(id: &RunId, signed: &SignedManifest, signers: &[Cert]) -> Result<Manifest, String> {
+    let signature = signed
+        .signature
+        .as_deref()
+        .ok_or_else(|| format!("{id}: the manifest is unsigned (no {id}.manifest.json.sig); it was not written by cutter-backupd"))?;
+    verify_detached(&signed.bytes, signature, signers).map_err(|e| format!("{id}: {e}"))?;
+    let m = &signed.manifest;
+    if m.run_id != id.as_str() || m.artifact != format!("{id}{}", crate::store::ARTIFACT_SUFFIX) {
+        return Err(format!("{id}: the signed manifest is for another run"));
     }
-    if sha != manifest.sha256 {
+    Ok(m.clone())
+}
+
+/// Checks `id`'s artifact; `Err` says what is wrong, naming the file.
+pub fn verify(store: &Store, id: &RunId, trust: &Trust) -> Result<Manifest, String> {
+    let signed = store
+        .read_manifest(id)
+        .map_err(|e| format!("manifest unreadable: {e}"))?
+        .ok_or_else(|| format!("no manifest {}", store.manifest_path(id).display()))?;
+    let manifest = authenticate(id, &signed, &trust.signers)?;
+    if let Some(want) = &trust.expect_sha256
+        && !want.eq_ignore_ascii_case(&manifest.sha256)
+    {
         return Err(format!(
-            "{} has sha256 {sha}, the manifest says {} (the file changed)",
-            artifact.display(),
+            "{id}: the manifest says sha256 {}, the recorded envelope says {want}",
             manifest.sha256
         ));
     }
-    check_structure(&artifact, &manifest)?;
+    let (sha, size) = store.hash_artifact(id).map_err(|e| e.to_string())?;
+    manifest
+        .check_bytes(&sha, size)
+        .map_err(|e| format!("{}: {e}", store.artifact_path(id).display()))?;
+    let file = store.open_artifact(id).map_err(|e| e.to_string())?;
+    check_structure(file, &manifest).map_err(|e| format!("{}: {e}", store.artifact_path(id).display()))?;
     Ok(manifest)
 }
 
 /// The message must be PKESKs for exactly the manifest's encryption keys,
 /// then one SEIPDv1 packet.
-fn check_structure(artifact: &Path, manifest: &Manifest) -> Result<(), String> {
+pub fn check_structure(artifact: impl Read + Send + Sync, manifest: &Manifest) -> Result<(), String> {
     let expected: BTreeSet<KeyID> = manifest
         .recipients
         .iter()
@@ -51,8 +78,8 @@ fn check_structure(artifact: &Path, manifest: &Manifest) -> Result<(), String> {
         .map(|f| KeyID::from(&f))
         .collect();
     let mut found = BTreeSet::new();
-    let mut ppr = PacketParser::from_file(artifact)
-        .map_err(|e| format!("{} is not an OpenPGP message: {e}", artifact.display()))?;
+    let mut ppr = PacketParser::from_reader(artifact)
+        .map_err(|e| format!("not an OpenPGP message: {e}"))?;
     let mut seip_version = None;
     while let PacketParserResult::Some(pp) = ppr {
         match &pp.packet {

@@ -18,6 +18,8 @@ use clap::{Parser, Subcommand};
 pub const EXIT_UNREACHABLE: u8 = 3;
 /// The daemon answered with a failure.
 pub const EXIT_FAILED: u8 = 1;
+/// Bad usage (also clap's own code).
+pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "cutterctl", version = cutter_backup::VERSION, about = "Drive cutter-backupd")]
@@ -55,6 +57,13 @@ enum Command {
         /// Verify every backup.
         #[arg(long)]
         all: bool,
+        /// The manifest signer's cert you pinned (`cutterctl signer export`);
+        /// default: the daemon's own signer and restore.trusted_signers.
+        #[arg(long)]
+        signer: Option<PathBuf>,
+        /// The sha256 the orchestrator recorded from the envelope.
+        #[arg(long, conflicts_with = "all")]
+        expect_sha256: Option<String>,
     },
     /// Apply [retention] (keep_last, keep_days); a dry run unless --confirm.
     Prune {
@@ -75,10 +84,20 @@ enum Command {
         /// The run.
         run_id: String,
     },
+    /// The daemon's manifest signing key.
+    #[command(subcommand)]
+    Signer(SignerCommand),
     /// Decrypt a backup with your secret key and load it into a scratch
     /// database (never the live one), then compare row counts with the
     /// manifest. Works without the daemon.
     Restore(restore::Restore),
+}
+
+#[derive(Debug, Subcommand)]
+enum SignerCommand {
+    /// Print the public cert manifests are signed with (armored): save it
+    /// and pin it with --signer FILE or restore.trusted_signers.
+    Export,
 }
 
 fn main() -> ExitCode {
@@ -141,13 +160,33 @@ async fn run(args: Args) -> ExitCode {
             .list(cutter_backup::v1::ListRequest {})
             .await
             .map(|r| output::list(&r.into_inner(), args.json)),
-        Command::Verify { run_id, all } => client
-            .verify(cutter_backup::v1::VerifyRequest {
-                run_id: run_id.unwrap_or_default(),
-                all,
-            })
+        Command::Verify {
+            run_id,
+            all,
+            signer,
+            expect_sha256,
+        } => {
+            let signer_certs = match signer.map(std::fs::read).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("cutterctl: reading --signer: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            client
+                .verify(cutter_backup::v1::VerifyRequest {
+                    run_id: run_id.unwrap_or_default(),
+                    all,
+                    expect_sha256: expect_sha256.unwrap_or_default(),
+                    signer_certs,
+                })
+                .await
+                .map(|r| output::verify(&r.into_inner(), args.json))
+        }
+        Command::Signer(SignerCommand::Export) => client
+            .get_signer(cutter_backup::v1::GetSignerRequest {})
             .await
-            .map(|r| output::verify(&r.into_inner(), args.json)),
+            .map(|r| output::signer(&r.into_inner(), args.json)),
         Command::Prune { confirm } => client
             .prune(cutter_backup::v1::PruneRequest { confirm })
             .await

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use cutter_backup::v1::{
-    BackupEnvelope, ListReply, PruneReply, SelftestReport, StatusReport, VerifyReply, check,
+    BackupEnvelope, ListReply, PruneReply, SelftestReport, SignerInfo, StatusReport, VerifyReply,
+    check,
 };
 use serde_json::json;
 
@@ -41,8 +42,8 @@ pub fn selftest(r: &SelftestReport, as_json: bool) -> ExitCode {
             println!(
                 "  {:<4}  {:<12} {}",
                 status_word(c.status),
-                c.name,
-                c.detail
+                clean(&c.name),
+                clean(&c.detail)
             );
         }
     }
@@ -71,6 +72,10 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
                 "backup_dir": s.backup_dir,
                 "disk_free_bytes": s.disk_free_bytes,
                 "tables_in_scope": s.tables_in_scope,
+                "signer_fpr": s.signer_fpr,
+                "running": s.running.iter().map(|r| json!({
+                    "run_id": r.run_id, "bytes": r.bytes, "elapsed_ms": r.elapsed_ms,
+                })).collect::<Vec<_>>(),
             })
         );
         return ExitCode::SUCCESS;
@@ -80,7 +85,13 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
         "cutter-backupd {} (commit {commit}), up {}s",
         s.version, s.uptime_seconds
     );
-    println!("readiness:   {}", s.summary);
+    println!("readiness:   {}", clean(&s.summary));
+    if !s.signer_fpr.is_empty() {
+        println!(
+            "signer:      …{} (manifests signed; pin it: cutterctl signer export > FILE)",
+            s.signer_fpr.get(32..).unwrap_or(&s.signer_fpr)
+        );
+    }
     let tail = if s.key_fpr_tail.is_empty() {
         "unset".to_owned()
     } else {
@@ -95,10 +106,10 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
     match &s.last_backup {
         Some(b) => println!(
             "last backup: {} at {} ({}, sha256 {}…)",
-            b.run_id,
-            b.created_at,
+            clean(&b.run_id),
+            clean(&b.created_at),
             human_bytes(b.size_bytes),
-            b.sha256.get(..12).unwrap_or(&b.sha256)
+            clean(b.sha256.get(..12).unwrap_or(&b.sha256))
         ),
         None => println!("last backup: none"),
     }
@@ -129,6 +140,8 @@ pub fn envelope(e: &BackupEnvelope) -> ExitCode {
             "gpg_fpr": e.gpg_fpr,
             "artifact_ref": e.artifact_ref,
             "manifest_ref": e.manifest_ref,
+            "signature_ref": e.signature_ref,
+            "signer_fpr": e.signer_fpr,
             "created_at": e.created_at,
             "tables": tables,
             "recipient_fprs": e.recipient_fprs,
@@ -193,20 +206,20 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
         let keys: Vec<String> = a
             .key_fprs
             .iter()
-            .map(|f| format!("…{}", f.get(32..).unwrap_or(f)))
+            .map(|f| format!("…{}", clean(f.get(32..).unwrap_or(f))))
             .collect();
         let state = match (a.pinned, a.detail.is_empty()) {
             (true, true) => format!("{} (pinned)", a.state),
-            (true, false) => format!("{} (pinned): {}", a.state, a.detail),
+            (true, false) => format!("{} (pinned): {}", a.state, clean(&a.detail)),
             (false, true) => a.state.clone(),
-            (false, false) => format!("{}: {}", a.state, a.detail),
+            (false, false) => format!("{}: {}", a.state, clean(&a.detail)),
         };
         println!(
             "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {state}",
-            a.run_id,
-            a.created_at,
+            clean(&a.run_id),
+            clean(&a.created_at),
             human_bytes(a.size_bytes),
-            a.sha256.get(..12).unwrap_or(&a.sha256),
+            clean(a.sha256.get(..12).unwrap_or(&a.sha256)),
             keys.join(","),
             a.total_rows,
         );
@@ -226,13 +239,26 @@ pub fn verify(r: &VerifyReply, as_json: bool) -> ExitCode {
     } else {
         for v in &r.results {
             if v.ok {
-                println!("OK      {}", v.run_id);
+                println!("OK      {}", clean(&v.run_id));
             } else {
-                println!("FAILED  {}: {}", v.run_id, v.reason);
+                println!("FAILED  {}: {}", clean(&v.run_id), clean(&v.reason));
             }
         }
     }
     exit(r.results.iter().all(|v| v.ok))
+}
+
+/// The signer cert, armored (or as JSON with its fingerprint).
+pub fn signer(s: &SignerInfo, as_json: bool) -> ExitCode {
+    if as_json {
+        println!(
+            "{}",
+            json!({"fingerprint": s.fingerprint, "cert_armored": s.cert_armored})
+        );
+    } else {
+        print!("{}", s.cert_armored);
+    }
+    ExitCode::SUCCESS
 }
 
 /// What prune did or would do.
@@ -257,7 +283,7 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
             ("keep", _) => "keep",
             _ => "LEAVE",
         };
-        println!("{action:<8} {:<32} {}", d.run_id, d.reason);
+        println!("{action:<8} {:<32} {}", clean(&d.run_id), clean(&d.reason));
     }
     let freed: u64 = r
         .decisions
@@ -289,12 +315,28 @@ pub fn rpc_error(s: &tonic::Status, as_json: bool) -> ExitCode {
             json!({"error": {"code": format!("{:?}", s.code()), "message": s.message()}})
         );
     }
-    eprintln!("cutterctl: {:?}: {}", s.code(), s.message());
+    eprintln!("cutterctl: {:?}: {}", s.code(), clean(s.message()));
     if unreachable {
         ExitCode::from(EXIT_UNREACHABLE)
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// Text from the daemon or a file as a terminal may show it: control
+/// characters (escape sequences, carriage returns) are escaped, so a planted
+/// name cannot rewrite the screen.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn human_bytes(b: u64) -> String {
@@ -315,6 +357,12 @@ fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(clean("r1\u{1b}[2Jx\r"), "r1\\u{1b}[2Jx\\r");
+        assert_eq!(clean("plain …1A2B"), "plain …1A2B");
+    }
 
     #[test]
     fn any_empty_complete_field_makes_the_envelope_incomplete() {

@@ -6,13 +6,17 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use cutter_core::decrypt::Password;
+use zeroize::Zeroizing;
 use rustix::termios::{LocalModes, OptionalActions, isatty, tcgetattr, tcsetattr};
 
-/// The first line of `path`.
+/// The first line of `path`. The text read is wiped once it is inside the
+/// [`Password`] (which keeps it encrypted in memory).
 pub fn from_file(path: &Path) -> anyhow::Result<Password> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading passphrase file {}", path.display()))?;
-    Ok(Password::from(text.lines().next().unwrap_or("").to_owned()))
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading passphrase file {}", path.display()))?,
+    );
+    Ok(Password::from(text.lines().next().unwrap_or("").as_bytes()))
 }
 
 /// Asks on the terminal without echoing what is typed.
@@ -29,12 +33,10 @@ pub fn no_echo(question: &str) -> anyhow::Result<Password> {
     eprint!("{question}");
     std::io::stderr().flush()?;
     tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning echo off")?;
-    let mut line = String::new();
+    let mut line = Zeroizing::new(String::new());
     let read = stdin.lock().read_line(&mut line);
     let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
     eprintln!();
     read.context("reading the passphrase")?;
-    Ok(Password::from(
-        line.trim_end_matches(['\n', '\r']).to_owned(),
-    ))
+    Ok(Password::from(line.trim_end_matches(['\n', '\r']).as_bytes()))
 }

@@ -81,6 +81,13 @@ impl DaemonConfig {
             }
             toml.push_str(&format!("password_file = {}\n", q(&pwfile)));
         }
+        // The signing key lives beside the config (never in backup.dir); the
+        // operator's pinned copy of its cert is what restore trusts.
+        toml.push_str(&format!(
+            "\n[signer]\nkey_file = {}\n\n[restore]\ntrusted_signers = [{}]\n",
+            q(&dir.join("signer").join("manifest-signing-key.asc")),
+            q(&dir.join(PINNED_SIGNER))
+        ));
         toml.push_str(&format!(
             "\n[backup]\ndir = {}\ntables = {:?}\n",
             q(&self.backup_dir),
@@ -99,6 +106,10 @@ impl DaemonConfig {
         path
     }
 }
+
+/// Where the harness saves `cutterctl signer export` once the daemon is up
+/// (listed in `restore.trusted_signers`), as an operator pins it.
+pub const PINNED_SIGNER: &str = "pinned-signer.asc";
 
 /// A running daemon; killed on drop.
 pub struct Daemon {
@@ -162,6 +173,7 @@ impl Daemon {
         let child = cmd.spawn().expect("spawn cutter-backupd");
         let mut d = Self { child, socket, log };
         d.wait_ready();
+        d.pin_signer(dir);
         d
     }
 
@@ -177,6 +189,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("cutter-backupd did not listen within 20 s:\n{}", self.log());
+    }
+
+    /// Saves the daemon's signer cert where the config's
+    /// `restore.trusted_signers` expects it (when the daemon has one).
+    fn pin_signer(&self, dir: &Path) {
+        let out = self.ctl(&["signer", "export"]);
+        if out.status.success() && !dir.join(PINNED_SIGNER).exists() {
+            std::fs::write(dir.join(PINNED_SIGNER), &out.stdout).expect("pin the signer cert");
+        }
     }
 
     /// Everything the daemon logged so far.

@@ -1,0 +1,191 @@
+//! `cutterctl restore`: verify (signature, checksum, structure), decrypt with
+//! the operator's secret key into a private temp file while hashing the bytes
+//! consumed, and only when the whole plaintext is authenticated load it into
+//! a scratch database with psql in restricted mode, as a non-superuser role
+//! that owns that database; then compare every table's row count with the
+//! manifest. Runs without the daemon; never touches the live database.
+
+mod psql;
+
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cutter_core::config::Config;
+use cutter_core::db::{ConnTarget, read_password};
+use cutter_core::decrypt::{Cert, HashingReader, Password, decrypt, read_secret_keys};
+use cutter_core::manifest::Manifest;
+use cutter_core::runid::RunId;
+use cutter_core::signer::{self, check_secret_mode};
+use cutter_core::store::Store;
+use cutter_core::verify::{self, Trust};
+
+use crate::prompt;
+use psql::Psql;
+
+/// What to restore and where (`cutterctl restore …`).
+#[derive(Debug, clap::Args)]
+pub struct Restore {
+    /// The run.
+    pub run_id: String,
+    /// Your secret key (gpg --export-secret-keys --armor FPR > FILE, mode 0600).
+    #[arg(long)]
+    pub secret_key: PathBuf,
+    /// File with the key's passphrase (mode 0600); without it you are asked (no echo).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Scratch database URL (an admin role that may create roles and
+    /// databases); created when missing, refused when not empty or live.
+    #[arg(long, required_unless_present = "to_file")]
+    pub into: Option<String>,
+    /// Only decrypt, into this new file (mode 0600).
+    #[arg(long, conflicts_with = "into")]
+    pub to_file: Option<PathBuf>,
+    /// The daemon's config: where backups are and which database is live.
+    #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// psql to load with (default: the newest installed).
+    #[arg(long)]
+    pub psql: Option<PathBuf>,
+    /// The manifest signer's cert (`cutterctl signer export`); default:
+    /// restore.trusted_signers in the config. Repeatable.
+    #[arg(long)]
+    pub signer: Vec<PathBuf>,
+    /// The sha256 the orchestrator recorded from the backup's envelope.
+    #[arg(long)]
+    pub expect_sha256: Option<String>,
+    /// The non-superuser role the dump is loaded as; created when missing.
+    #[arg(long, default_value = "cutter_restore")]
+    pub load_role: String,
+}
+
+/// Runs the restore; `Ok(false)` when row counts differ.
+pub fn run(r: &Restore) -> anyhow::Result<bool> {
+    // The passphrase and the plaintext pass through this process: no core
+    // dump, no ptrace by other users.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let id = RunId::parse(&r.run_id)?;
+    let config = Config::load(&r.config)?;
+    let store = Store::new(&config.backup.dir)?;
+    let trust = trust(r, &config)?;
+    let target = match (&r.into, &r.to_file) {
+        (Some(url), None) => Some(ConnTarget::parse(url, None).context("--into")?),
+        (None, Some(_)) => None,
+        _ => bail!("give exactly one of --into URL (a scratch database) or --to-file PATH"),
+    };
+    let manifest = verify::verify(&store, &id, &trust)
+        .map_err(|why| anyhow::anyhow!("verify FAILED for {id}: {why}; nothing was restored"))?;
+    let keys = read_secret_keys(&r.secret_key).map_err(anyhow::Error::msg)?;
+    let passphrase = passphrase(r, &keys)?;
+    if let Some(path) = &r.to_file {
+        let mut out = create_0600_new(path)?;
+        let done = decrypt_checked(&store, &id, &manifest, &keys, passphrase, &mut out)
+            .and_then(|n| out.sync_all().map(|()| n).map_err(Into::into));
+        let n = done.inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
+        eprintln!("decrypted {id} ({n} bytes of SQL) to {}", path.display());
+        return Ok(true);
+    }
+    let Some(target) = target else {
+        bail!("no target");
+    };
+    let psql = Psql::new(r.psql.clone(), target, &r.load_role)?;
+    psql.refuse_live(&live_target(&config))?;
+    // Decrypt all of it before anything loads: a failed MDC or a checksum
+    // mismatch then commits nothing, and psql never sees a byte of it.
+    let work = tempfile::Builder::new()
+        .prefix("cutter-restore-")
+        .tempdir()
+        .context("creating a private temp directory")?;
+    let mut plain = create_0600_new(&work.path().join("plain.sql"))?;
+    decrypt_checked(&store, &id, &manifest, &keys, passphrase, &mut plain)?;
+    plain.rewind()?;
+    let password = psql.prepare(&manifest)?;
+    psql.load(&password, plain)?;
+    psql.compare(&manifest)
+}
+
+/// The signers manifests must be signed by: `--signer` files, else
+/// `restore.trusted_signers`; none is an error (fail closed).
+fn trust(r: &Restore, config: &Config) -> anyhow::Result<Trust> {
+    let files = if r.signer.is_empty() {
+        &config.restore.trusted_signers
+    } else {
+        &r.signer
+    };
+    if files.is_empty() {
+        bail!(
+            "no trusted manifest signer: pass --signer FILE (save it once with `cutterctl signer export > FILE`) or list it in restore.trusted_signers"
+        );
+    }
+    Ok(Trust {
+        signers: signer::read_all(files).map_err(anyhow::Error::msg)?,
+        expect_sha256: r.expect_sha256.clone(),
+    })
+}
+
+fn passphrase(r: &Restore, keys: &[Cert]) -> anyhow::Result<Option<Password>> {
+    Ok(match &r.passphrase_file {
+        Some(p) => {
+            let f = File::open(p).with_context(|| format!("reading {}", p.display()))?;
+            check_secret_mode(&f, p)?;
+            Some(prompt::from_file(p)?)
+        }
+        None if keys.iter().any(has_protected_secret) => {
+            Some(prompt::no_echo("passphrase for the backup key: ")?)
+        }
+        None => None,
+    })
+}
+
+/// Decrypts the artifact into `out`, hashing every byte read from it, and
+/// fails unless those bytes are exactly the ones the signed manifest names
+/// (the file could have been swapped after verify read it).
+fn decrypt_checked(
+    store: &Store,
+    id: &RunId,
+    manifest: &Manifest,
+    keys: &[Cert],
+    passphrase: Option<Password>,
+    out: &mut File,
+) -> anyhow::Result<u64> {
+    let mut reader = HashingReader::new(store.open_artifact(id)?);
+    let n = decrypt(&mut reader, keys, passphrase, out)
+        .map_err(|e| anyhow::anyhow!("{id}: {e}; nothing was restored"))?;
+    let (sha, size) = reader.finish()?;
+    manifest
+        .check_bytes(&sha, size)
+        .map_err(|e| anyhow::anyhow!("{id} changed while it was read: {e}; nothing was restored"))?;
+    out.flush()?;
+    Ok(n)
+}
+
+/// The daemon's live database, to refuse as a target.
+fn live_target(config: &Config) -> Option<ConnTarget> {
+    let password = config
+        .database
+        .password_file
+        .as_deref()
+        .and_then(|p| read_password(p).ok());
+    ConnTarget::parse(&config.database.url, password).ok()
+}
+
+fn has_protected_secret(cert: &Cert) -> bool {
+    cert.keys()
+        .secret()
+        .any(|ka| !ka.key().has_unencrypted_secret())
+}
+
+fn create_0600_new(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))
+}
