@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod adversarial;
 mod fail_closed;
 mod lifecycle;
 mod operations;

@@ -164,13 +164,17 @@ fn truncated_artifact_and_missing_manifest() {
     );
 }
 
-/// Makes a backup look `days` old by editing its manifest (not the artifact).
+/// Makes a backup look `days` old by editing its manifest (not the
+/// artifact) and signing it again with the daemon's key: what the daemon
+/// would have written on that day.
 fn age(world: &World, run_id: &str, created_at: &str) {
     let path = world.backups.join(format!("{run_id}.manifest.json"));
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
     m["created_at"] = created_at.into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
+    let bytes = serde_json::to_vec_pretty(&m).expect("json");
+    std::fs::write(&path, &bytes).expect("write");
+    world.sign_as_daemon(run_id, &bytes);
 }
 
 #[test]
@@ -253,7 +257,14 @@ fn the_newest_backup_survives_even_when_old_and_keep_last_is_one() {
     backup(&daemon, "only");
     age(&world, "only", "2020-01-01T00:00:00Z");
     assert!(daemon.ctl(&["prune", "--confirm"]).status.success());
-    assert_eq!(world.backup_files(), ["only.manifest.json", "only.sql.gpg"]);
+    assert_eq!(
+        world.backup_files(),
+        [
+            "only.manifest.json",
+            "only.manifest.json.sig",
+            "only.sql.gpg"
+        ]
+    );
 }
 
 #[test]

@@ -102,7 +102,11 @@ async fn same_run_id_twice_returns_the_same_envelope_and_one_file() {
     );
     assert_eq!(
         world.backup_files(),
-        ["retry-1.manifest.json", "retry-1.sql.gpg"]
+        [
+            "retry-1.manifest.json",
+            "retry-1.manifest.json.sig",
+            "retry-1.sql.gpg"
+        ]
     );
 }
 
@@ -139,7 +143,11 @@ async fn eight_concurrent_calls_share_one_backup() {
     }
     assert_eq!(
         world.backup_files(),
-        ["together.manifest.json", "together.sql.gpg"]
+        [
+            "together.manifest.json",
+            "together.manifest.json.sig",
+            "together.sql.gpg"
+        ]
     );
     let backups_logged = daemon.log().matches("backup complete").count();
     assert_eq!(backups_logged, 1, "one pg_dump ran:\n{}", daemon.log());

@@ -80,6 +80,7 @@ async fn round_trip(kind: KeyKind) {
         world.backup_files(),
         [
             "run-2026-11-29.001.manifest.json",
+            "run-2026-11-29.001.manifest.json.sig",
             "run-2026-11-29.001.sql.gpg"
         ],
         "exactly the artifact and its manifest, no partials"

@@ -171,7 +171,11 @@ fn sigterm_lets_a_running_backup_finish() {
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
     assert_eq!(
         world.backup_files(),
-        ["in-flight.manifest.json", "in-flight.sql.gpg"]
+        [
+            "in-flight.manifest.json",
+            "in-flight.manifest.json.sig",
+            "in-flight.sql.gpg"
+        ]
     );
     let sql = world.gpg.decrypt(&world.backups.join("in-flight.sql.gpg"));
     assert!(String::from_utf8_lossy(&sql).contains("PostgreSQL database dump complete"));

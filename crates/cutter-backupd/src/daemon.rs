@@ -14,14 +14,14 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, watch};
 
+use cutter_core::Error;
 use cutter_core::backup::{self, Cancel, Producer};
 use cutter_core::config::Config;
 use cutter_core::manifest::Manifest;
+use cutter_core::runid::RunId;
 use cutter_core::selftest::{self, Report};
 use cutter_core::setup::{Setup, shown_key};
 use cutter_core::store::Store;
-use cutter_core::Error;
-use cutter_core::runid::RunId;
 
 use crate::notify;
 
@@ -242,16 +242,7 @@ impl Daemon {
         let permits = Arc::clone(&self.permits.read().unwrap_or_else(PoisonError::into_inner));
         let _permit = permits.acquire_owned().await.map_err(|_| Error::Stopping)?;
         let started = Instant::now();
-        match backup::take(
-            &setup,
-            &ready,
-            id,
-            &self.producer,
-            &self.cancel,
-            progress,
-        )
-        .await
-        {
+        match backup::take(&setup, &ready, id, &self.producer, &self.cancel, progress).await {
             Ok(m) => {
                 tracing::info!(
                     run_id,

@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 
 use cutter_backup::v1::backup_service_server::BackupService;
 use cutter_backup::v1::{
-    BackupEnvelope, Check, GetSignerRequest, LastBackup, SignerInfo, ListReply, ListRequest, PinReply, PinRequest,
-    PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
-    SelftestRequest, StatusReport, StatusRequest, TableCount, VerifyReply, VerifyRequest, check,
+    BackupEnvelope, Check, GetSignerRequest, LastBackup, ListReply, ListRequest, PinReply,
+    PinRequest, PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
+    SelftestRequest, SignerInfo, StatusReport, StatusRequest, TableCount, VerifyReply,
+    VerifyRequest, check,
 };
 use cutter_core::selftest;
 use cutter_core::setup::KeyResolution;

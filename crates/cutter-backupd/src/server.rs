@@ -173,7 +173,9 @@ fn recover(setup: &Setup) {
     // Only a manifest this daemon signed is rolled forward.
     let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
     let accept = |signed: &SignedManifest| match (&own, RunId::parse(&signed.manifest.run_id)) {
-        (Some(cert), Ok(id)) => verify::authenticate(&id, signed, std::slice::from_ref(cert)).is_ok(),
+        (Some(cert), Ok(id)) => {
+            verify::authenticate(&id, signed, std::slice::from_ref(cert)).is_ok()
+        }
         _ => false,
     };
     match setup.store.recover(&accept) {

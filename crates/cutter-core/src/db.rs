@@ -69,7 +69,7 @@ impl ConnTarget {
             .map_or("", |(_, q)| q)
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| !matches!(*k, "host" | "hostaddr" | "port" | "dbname" | "user"))
+            .filter(|(k, _)| !matches!(*k, "host" | "port" | "dbname" | "user"))
             .map(|(k, v)| (k.to_owned(), percent_decode(v)))
             .collect();
         Ok(Self {
@@ -85,7 +85,10 @@ impl ConnTarget {
 
     /// `user@host:port/database`, for messages.
     pub fn shown(&self) -> String {
-        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
     }
 
     /// A keyword/value conninfo for psql: this server and its TLS settings,
@@ -131,7 +134,11 @@ fn percent_decode(v: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
                 i += 3;

@@ -11,8 +11,8 @@ use sequoia_openpgp as openpgp;
 
 use openpgp::Cert;
 use openpgp::cert::amalgamation::key::ValidKeyAmalgamationIter;
-use openpgp::packet::key;
 use openpgp::cert::prelude::*;
+use openpgp::packet::key;
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::types::RevocationStatus;

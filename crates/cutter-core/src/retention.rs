@@ -118,7 +118,10 @@ pub fn decide(mut facts: Vec<Facts>, policy: Policy, now: SystemTime) -> Vec<Dec
                     } else if f.pinned {
                         (Action::Keep, "pinned".into())
                     } else if verified <= policy.keep_last {
-                        (Action::Keep, format!("within keep_last = {}", policy.keep_last))
+                        (
+                            Action::Keep,
+                            format!("within keep_last = {}", policy.keep_last),
+                        )
                     } else if age < keep_days {
                         (
                             Action::Keep,
@@ -178,24 +181,71 @@ mod tests {
         use Action::{Delete, Keep, Leave};
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 * DAY);
         // (keep_last, keep_days, runs, expected actions by run_id)
-        type Case<'a> = (usize, u64, Vec<(&'a str, Option<u64>, bool)>, Vec<(&'a str, Action)>);
+        type Case<'a> = (
+            usize,
+            u64,
+            Vec<(&'a str, Option<u64>, bool)>,
+            Vec<(&'a str, Action)>,
+        );
         let cases: Vec<Case> = vec![
             // The newest verifying run is kept even when everything is old.
-            (1, 0, vec![("a", Some(90), false), ("b", Some(100), false)], vec![("a", Keep), ("b", Delete)]),
+            (
+                1,
+                0,
+                vec![("a", Some(90), false), ("b", Some(100), false)],
+                vec![("a", Keep), ("b", Delete)],
+            ),
             // keep_last counts verifying runs only.
-            (2, 0, vec![("a", Some(1), false), ("bad", None, false), ("c", Some(3), false), ("d", Some(4), false)],
-             vec![("a", Keep), ("c", Keep), ("d", Delete), ("bad", Leave)]),
+            (
+                2,
+                0,
+                vec![
+                    ("a", Some(1), false),
+                    ("bad", None, false),
+                    ("c", Some(3), false),
+                    ("d", Some(4), false),
+                ],
+                vec![("a", Keep), ("c", Keep), ("d", Delete), ("bad", Leave)],
+            ),
             // keep_days keeps the young ones beyond keep_last.
-            (1, 30, vec![("a", Some(1), false), ("b", Some(10), false), ("c", Some(40), false)],
-             vec![("a", Keep), ("b", Keep), ("c", Delete)]),
+            (
+                1,
+                30,
+                vec![
+                    ("a", Some(1), false),
+                    ("b", Some(10), false),
+                    ("c", Some(40), false),
+                ],
+                vec![("a", Keep), ("b", Keep), ("c", Delete)],
+            ),
             // Pinned: kept whatever its age, and kept even when it does not verify.
-            (1, 0, vec![("a", Some(1), false), ("p", Some(400), true), ("q", None, true)],
-             vec![("a", Keep), ("p", Keep), ("q", Keep)]),
+            (
+                1,
+                0,
+                vec![
+                    ("a", Some(1), false),
+                    ("p", Some(400), true),
+                    ("q", None, true),
+                ],
+                vec![("a", Keep), ("p", Keep), ("q", Keep)],
+            ),
             // Nothing verifies: nothing is deleted.
-            (1, 0, vec![("x", None, false), ("y", None, false)], vec![("x", Leave), ("y", Leave)]),
+            (
+                1,
+                0,
+                vec![("x", None, false), ("y", None, false)],
+                vec![("x", Leave), ("y", Leave)],
+            ),
         ];
         for (i, (keep_last, keep_days, runs, want)) in cases.into_iter().enumerate() {
-            let got = decide(facts(&runs, now), Policy { keep_last, keep_days }, now);
+            let got = decide(
+                facts(&runs, now),
+                Policy {
+                    keep_last,
+                    keep_days,
+                },
+                now,
+            );
             for (id, action) in want {
                 let d = got
                     .iter()
@@ -211,7 +261,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 * DAY);
         let got = decide(
             facts(&[("a", Some(1), false), ("b", Some(2), false)], now),
-            Policy { keep_last: 1, keep_days: 0 },
+            Policy {
+                keep_last: 1,
+                keep_days: 0,
+            },
             now,
         );
         assert_eq!(got.len(), 2);

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{FprSource, TableName, quote_ident};
@@ -191,6 +191,16 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
             );
             None
         }
+        KeyResolution::Unreadable(why) => {
+            report.push(
+                "fingerprint",
+                Status::Fail,
+                format!(
+                    "{why}: let the daemon's group read it (chgrp cutter-backup FILE; chmod 0640 FILE), or point key.env_file at a file holding only the BACKUP_GPG_FPR line"
+                ),
+            );
+            None
+        }
         KeyResolution::Malformed(tail) => {
             report.push(
                 "fingerprint",
@@ -304,7 +314,7 @@ fn check_additional(setup: &Setup, now: SystemTime, report: &mut Report) -> Vec<
             KeyResolution::Malformed(tail) => problems.push(format!(
                 "key.additional_recipients fingerprint ending {tail:?} is not 40 hex digits"
             )),
-            KeyResolution::Unset => {}
+            KeyResolution::Unset | KeyResolution::Unreadable(_) => {}
         }
     }
     if problems.is_empty() {

@@ -21,6 +21,8 @@ use crate::store::Store;
 pub enum KeyResolution {
     /// No fingerprint configured anywhere.
     Unset,
+    /// `key.env_file` exists but cannot be read (why, without its contents).
+    Unreadable(String),
     /// A fingerprint that is not 40 hex digits (only its tail is kept).
     Malformed(String),
     /// A well-formed fingerprint whose cert could not be loaded.
@@ -69,9 +71,12 @@ impl Setup {
             key: "backup.tables",
             reason,
         })?;
-        let key = match configured_fingerprint(&config.key, env_fpr)? {
-            None => KeyResolution::Unset,
-            Some((text, source)) => resolve_key(&config.key, &text, source),
+        // An unreadable env file is the operator's to fix: selftest FAILs
+        // and says how; the daemon stays up.
+        let key = match configured_fingerprint(&config.key, env_fpr) {
+            Err(e) => KeyResolution::Unreadable(e.to_string()),
+            Ok(None) => KeyResolution::Unset,
+            Ok(Some((text, source))) => resolve_key(&config.key, &text, source),
         };
         let additional = config
             .key
@@ -87,7 +92,8 @@ impl Setup {
             .collect();
         let db = Database::connect_lazy(&config.database)?;
         let store = Store::new(&config.backup.dir)?;
-        let signer = Signer::load_or_create(&config.signer.key_file, &config.backup.dir).map(Arc::new);
+        let signer =
+            Signer::load_or_create(&config.signer.key_file, &config.backup.dir).map(Arc::new);
         Ok(Self {
             config,
             tables,

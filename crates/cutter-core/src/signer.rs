@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sequoia_openpgp as openpgp;
 
+use openpgp::KeyHandle;
 use openpgp::armor;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
@@ -28,7 +29,6 @@ use openpgp::policy::StandardPolicy;
 use openpgp::serialize::SerializeInto;
 use openpgp::serialize::stream::{Armorer, Message, Signer as StreamSigner};
 use openpgp::types::KeyFlags;
-use openpgp::KeyHandle;
 
 pub use openpgp::Cert;
 
@@ -168,7 +168,9 @@ impl Signer {
             .detached()
             .build()
             .map_err(e)?;
-        signer.write_all(data).map_err(|err| format!("signing: {err}"))?;
+        signer
+            .write_all(data)
+            .map_err(|err| format!("signing: {err}"))?;
         signer.finalize().map_err(e)?;
         Ok(out)
     }
@@ -219,7 +221,10 @@ pub fn read_signer_certs(path: &Path) -> Result<Vec<Cert>, String> {
 /// Parses pinned signer certs from bytes (armored or binary).
 pub fn parse_certs(bytes: &[u8]) -> Result<Vec<Cert>, String> {
     if bytes.len() as u64 > MAX_KEY_FILE {
-        return Err(format!("{} bytes of signer certs; a cert is a few hundred", bytes.len()));
+        return Err(format!(
+            "{} bytes of signer certs; a cert is a few hundred",
+            bytes.len()
+        ));
     }
     let certs = CertParser::from_bytes(bytes)
         .and_then(|p| p.collect::<openpgp::Result<Vec<Cert>>>())

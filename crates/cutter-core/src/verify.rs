@@ -30,7 +30,11 @@ pub struct Trust {
 
 /// Authenticates a manifest read from disk: a good signature by a pinned
 /// signer, naming this run and this run's artifact file.
-pub fn authenticate(id: &RunId, signed: &SignedManifest, signers: &[Cert]) -> Result<Manifest, String> {
+pub fn authenticate(
+    id: &RunId,
+    signed: &SignedManifest,
+    signers: &[Cert],
+) -> Result<Manifest, String> {
     let signature = signed
         .signature
         .as_deref()
@@ -63,13 +67,17 @@ pub fn verify(store: &Store, id: &RunId, trust: &Trust) -> Result<Manifest, Stri
         .check_bytes(&sha, size)
         .map_err(|e| format!("{}: {e}", store.artifact_path(id).display()))?;
     let file = store.open_artifact(id).map_err(|e| e.to_string())?;
-    check_structure(file, &manifest).map_err(|e| format!("{}: {e}", store.artifact_path(id).display()))?;
+    check_structure(file, &manifest)
+        .map_err(|e| format!("{}: {e}", store.artifact_path(id).display()))?;
     Ok(manifest)
 }
 
 /// The message must be PKESKs for exactly the manifest's encryption keys,
 /// then one SEIPDv1 packet.
-pub fn check_structure(artifact: impl Read + Send + Sync, manifest: &Manifest) -> Result<(), String> {
+pub fn check_structure(
+    artifact: impl Read + Send + Sync,
+    manifest: &Manifest,
+) -> Result<(), String> {
     let expected: BTreeSet<KeyID> = manifest
         .recipients
         .iter()
@@ -78,8 +86,8 @@ pub fn check_structure(artifact: impl Read + Send + Sync, manifest: &Manifest) -
         .map(|f| KeyID::from(&f))
         .collect();
     let mut found = BTreeSet::new();
-    let mut ppr = PacketParser::from_reader(artifact)
-        .map_err(|e| format!("not an OpenPGP message: {e}"))?;
+    let mut ppr =
+        PacketParser::from_reader(artifact).map_err(|e| format!("not an OpenPGP message: {e}"))?;
     let mut seip_version = None;
     while let PacketParserResult::Some(pp) = ppr {
         match &pp.packet {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use cutter_core::decrypt::Password;
-use zeroize::Zeroizing;
 use rustix::termios::{LocalModes, OptionalActions, isatty, tcgetattr, tcsetattr};
+use zeroize::Zeroizing;
 
 /// The first line of `path`. The text read is wiped once it is inside the
 /// [`Password`] (which keeps it encrypted in memory).
@@ -38,5 +38,7 @@ pub fn no_echo(question: &str) -> anyhow::Result<Password> {
     let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
     eprintln!();
     read.context("reading the passphrase")?;
-    Ok(Password::from(line.trim_end_matches(['\n', '\r']).as_bytes()))
+    Ok(Password::from(
+        line.trim_end_matches(['\n', '\r']).as_bytes(),
+    ))
 }

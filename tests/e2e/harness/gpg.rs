@@ -129,6 +129,9 @@ impl Gpg {
             "gpg exported no secret key for {fpr}"
         );
         std::fs::write(path, out.stdout).expect("write secret key");
+        // As an operator keeps it: readable by its owner only (restore refuses more).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod secret key");
     }
 
     /// The file holding the passphrase of every key in this home.

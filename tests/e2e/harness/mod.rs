@@ -84,6 +84,30 @@ impl World {
         Daemon::start(self.work.path(), cfg)
     }
 
+    /// The daemon's manifest signing key (made on its first start in the
+    /// work directory): what an attacker who stole it could sign with.
+    pub fn daemon_signer(&self) -> cutter_core::signer::Signer {
+        cutter_core::signer::Signer::load_or_create(
+            &self
+                .work
+                .path()
+                .join("signer")
+                .join("manifest-signing-key.asc"),
+            &self.backups,
+        )
+        .expect("the daemon's signing key")
+    }
+
+    /// Writes `<run_id>.manifest.json.sig` over `manifest` with the daemon's key.
+    pub fn sign_as_daemon(&self, run_id: &str, manifest: &[u8]) {
+        let sig = self.daemon_signer().sign(manifest).expect("sign");
+        std::fs::write(
+            self.backups.join(format!("{run_id}.manifest.json.sig")),
+            sig,
+        )
+        .expect("write signature");
+    }
+
     /// Every file name in the backups directory, sorted (partials included).
     pub fn backup_files(&self) -> Vec<String> {
         list_dir(&self.backups)

@@ -122,6 +122,11 @@ impl Cluster {
         panic!("PostgreSQL did not start:\n{last_err}");
     }
 
+    /// What the server logged so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// The socket directory.
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().join("sock")

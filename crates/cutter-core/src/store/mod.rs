@@ -182,10 +182,16 @@ impl Store {
         signature: &[u8],
     ) -> Result<()> {
         let id = RunId::parse(&manifest.run_id)?;
-        let json = manifest.to_bytes().map_err(|reason| Error::Internal(reason))?;
+        let json = manifest
+            .to_bytes()
+            .map_err(|reason| Error::Internal(reason))?;
         let dir = &artifact.dir;
         let staged = [
-            (partial(&signature_name(&id)), signature_name(&id), signature),
+            (
+                partial(&signature_name(&id)),
+                signature_name(&id),
+                signature,
+            ),
             (partial(&manifest_name(&id)), manifest_name(&id), &json[..]),
         ];
         for (tmp, _, bytes) in &staged {
@@ -298,7 +304,9 @@ impl Store {
         for name in self.names()? {
             let leftover = name.starts_with(PROBE_PREFIX)
                 || (name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX));
-            if leftover && at::remove(&dir, &name).map_err(|e| self.err("remove leftover", &name, e))? {
+            if leftover
+                && at::remove(&dir, &name).map_err(|e| self.err("remove leftover", &name, e))?
+            {
                 rec.removed.push(name);
             }
         }
@@ -435,11 +443,12 @@ impl Store {
                 continue;
             }
             let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            let manifest = match self.read_manifest_at(&dir, &id, &manifest_name(&id), &signature_name(&id)) {
-                Ok(Some(m)) => ManifestState::Present(Box::new(m)),
-                Ok(None) => ManifestState::Missing,
-                Err(e) => ManifestState::Bad(e.to_string()),
-            };
+            let manifest =
+                match self.read_manifest_at(&dir, &id, &manifest_name(&id), &signature_name(&id)) {
+                    Ok(Some(m)) => ManifestState::Present(Box::new(m)),
+                    Ok(None) => ManifestState::Missing,
+                    Err(e) => ManifestState::Bad(e.to_string()),
+                };
             let pinned = at::is_regular(&dir, &pin_name(&id));
             out.push(Entry {
                 run_id: id,
@@ -618,8 +627,11 @@ mod tests {
     fn links_fifos_and_oversized_manifests_are_not_read() {
         let (d, store) = store();
         let outside = d.path().join("outside.json");
-        fs::write(&outside, manifest("r", "0".repeat(64), 1).to_bytes().expect("json"))
-            .expect("outside");
+        fs::write(
+            &outside,
+            manifest("r", "0".repeat(64), 1).to_bytes().expect("json"),
+        )
+        .expect("outside");
         std::os::unix::fs::symlink(&outside, store.manifest_path(&id("r"))).expect("symlink");
         assert!(store.read_manifest(&id("r")).is_err());
         rustix::fs::mknodat(

@@ -155,9 +155,9 @@ fn decrypt_checked(
     let n = decrypt(&mut reader, keys, passphrase, out)
         .map_err(|e| anyhow::anyhow!("{id}: {e}; nothing was restored"))?;
     let (sha, size) = reader.finish()?;
-    manifest
-        .check_bytes(&sha, size)
-        .map_err(|e| anyhow::anyhow!("{id} changed while it was read: {e}; nothing was restored"))?;
+    manifest.check_bytes(&sha, size).map_err(|e| {
+        anyhow::anyhow!("{id} changed while it was read: {e}; nothing was restored")
+    })?;
     out.flush()?;
     Ok(n)
 }

@@ -82,17 +82,38 @@ impl Psql {
     /// database cannot be reached (a lost host) the target cannot be it.
     pub fn refuse_live(&self, live: &Option<ConnTarget>) -> anyhow::Result<()> {
         const IDENTITY: &str = "SELECT system_identifier FROM pg_control_system()";
+        let refuse = |why: String| {
+            anyhow::anyhow!(
+                "refusing to restore into {}: it is the live database the daemon backs up ({why}). Restore into a scratch database (e.g. --into …/{}_restore) and copy rows from there",
+                self.target.shown(),
+                self.target.database
+            )
+        };
+        // Spelled the same: no need to connect to know.
+        if let Some(live) = live {
+            let local =
+                |h: &str| h.starts_with('/') || matches!(h, "localhost" | "127.0.0.1" | "::1");
+            let same_host =
+                live.host == self.target.host || (local(&live.host) && local(&self.target.host));
+            if same_host && live.port == self.target.port && live.database == self.target.database {
+                return Err(refuse("same host, port and database".into()));
+            }
+        }
         let target_id = self
             .admin(MAINTENANCE_DB, IDENTITY, &[])
             .context("identifying the target server")?;
         let Some(live) = live else {
-            eprintln!("warning: database.url in the config is unusable; cannot compare the target with the live database");
+            eprintln!(
+                "warning: database.url in the config is unusable; cannot compare the target with the live database"
+            );
             return Ok(());
         };
         let mut c = self.cmd(&live.database, &live.user);
         c.arg("-At").envs(live.env());
         let live_id = match run(&self.bin, c, IDENTITY.as_bytes()) {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            Ok(out) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
             _ => {
                 eprintln!(
                     "warning: the live database {} is unreachable; restoring into {} (a different server or database)",
@@ -103,11 +124,9 @@ impl Psql {
             }
         };
         if live_id == target_id && live.database == self.target.database {
-            bail!(
-                "refusing to restore into {}: it is the live database the daemon backs up (same server, system identifier {live_id}, same database). Restore into a scratch database (e.g. --into …/{}_restore) and copy rows from there",
-                self.target.shown(),
-                self.target.database
-            );
+            return Err(refuse(format!(
+                "same server, system identifier {live_id}, same database"
+            )));
         }
         Ok(())
     }
@@ -257,7 +276,11 @@ impl Psql {
 }
 
 /// Runs `cmd` feeding it `input` from a thread while its output is read.
-fn run(bin: &PathBuf, mut cmd: Command, input: impl Read + Send + 'static) -> anyhow::Result<Output> {
+fn run(
+    bin: &PathBuf,
+    mut cmd: Command,
+    input: impl Read + Send + 'static,
+) -> anyhow::Result<Output> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
@@ -356,7 +379,12 @@ fn check_version(bin: &PathBuf) -> anyhow::Result<()> {
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {} --version (install postgresql-client)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "running {} --version (install postgresql-client)",
+                bin.display()
+            )
+        })?;
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let version = line
         .split_whitespace()
