@@ -87,6 +87,9 @@ env_file = "$work/env"
 url = "postgres://cutter_exec@/directus?host=$work/sock&port=$port"
 password_file = "$work/db-password"
 
+[signer]
+key_file = "$work/signer/manifest-signing-key.asc"
+
 [backup]
 dir = "$work/backups"
 tables = [$(printf '"cutter_governance.%s", ' "${tables[@]}" | sed 's/, $//')]
@@ -110,7 +113,12 @@ ctl selftest
 step "7. The pre-write backup (what the orchestrator's Phase 4 calls)"
 ctl backup --run-id demo-run-0001 | tee "$work/envelope.json"
 
-step "8. Decrypt with stock gpg and compare row counts with the manifest"
+step "8. Pin the daemon's manifest signer and verify the backup against it and the envelope"
+ctl signer export > "$work/signer.asc"
+sha=$(grep -o '"sha256":"[0-9a-f]*"' "$work/envelope.json" | cut -d'"' -f4)
+ctl verify demo-run-0001 --signer "$work/signer.asc" --expect-sha256 "$sha"
+
+step "9. Decrypt with stock gpg and compare row counts with the manifest"
 gpg_b --decrypt "$work/backups/demo-run-0001.sql.gpg" 2>/dev/null > "$work/restore.sql"
 psql_su -d postgres -c "CREATE DATABASE scratch"
 psql_su -d scratch -c "CREATE SCHEMA cutter_governance" -f "$work/restore.sql" >/dev/null
@@ -123,7 +131,7 @@ while IFS=$'\t' read -r table rows; do
 done < <(grep -o '{"rows":[0-9]*,"table":"[^"]*"}' "$work/envelope.json" | sed -E 's/.*"rows":([0-9]+),"table":"([^"]*)".*/\2\t\1/')
 [ "$ok" = 1 ] || { echo "row counts differ" >&2; exit 1; }
 
-step "9. Status"
+step "10. Status"
 ctl status
 echo
 echo "demo OK: the backup decrypts with gpg and every table's row count matches its manifest"

@@ -750,6 +750,7 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
 
     // A file where the socket should be is not deleted: the daemon refuses to start.
     let planted = world.work.path().join("backupd.sock");
+    let _ = std::fs::remove_file(&planted);
     std::fs::write(&planted, b"not a socket").expect("plant");
     let out = Command::new(workspace_bin("cutter-backupd"))
         .arg("--config")

@@ -40,9 +40,14 @@ pub fn authorize<T>(req: &Request<T>, allowed: &[u32]) -> Result<(), Status> {
 /// are, and every other peer shows up as 65534 (nobody), so such an entry
 /// could never admit anyone.
 pub fn reachable(allowed: &[u32]) -> Result<(), String> {
-    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else {
-        return Ok(());
-    };
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => reachable_in(&map, allowed),
+        Err(_) => Ok(()),
+    }
+}
+
+/// [`reachable`] against a `uid_map` text.
+fn reachable_in(map: &str, allowed: &[u32]) -> Result<(), String> {
     let ranges: Vec<(u64, u64)> = map
         .lines()
         .filter_map(|l| {
@@ -69,5 +74,22 @@ pub fn reachable(allowed: &[u32]) -> Result<(), String> {
             "server.allowed_uids {} cannot be seen from this user namespace (the unit's PrivateUsers=yes maps only root and the service user; everyone else appears as 65534): set PrivateUsers=no in a drop-in, or allow only uid 0",
             unmapped.join(", ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_outside_the_user_namespace_are_refused() {
+        // What PrivateUsers=yes leaves: root and the service user (998).
+        let private = "         0          0          1\n       998        998          1\n";
+        assert!(reachable_in(private, &[0]).is_ok());
+        assert!(reachable_in(private, &[0, 998]).is_ok());
+        let e = reachable_in(private, &[0, 1000]).expect_err("1000 is nobody there");
+        assert!(e.contains("1000") && e.contains("PrivateUsers"), "{e}");
+        let host = "         0          0 4294967295\n";
+        assert!(reachable_in(host, &[0, 1000, 65533]).is_ok());
     }
 }

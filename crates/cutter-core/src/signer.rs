@@ -282,19 +282,19 @@ impl VerificationHelper for Checker<'_> {
     fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
         for layer in structure {
             if let MessageLayer::SignatureGroup { results } = layer {
+                let mut why = "no signature".to_owned();
                 for r in results {
                     match r {
                         Ok(good) => {
                             self.good = Some(good.ka.cert().fingerprint().to_hex());
                             return Ok(());
                         }
-                        Err(e) => {
-                            return Err(openpgp::anyhow::anyhow!(
-                                "not signed by a trusted signer ({e})"
-                            ));
-                        }
+                        Err(e) => why = e.to_string(),
                     }
                 }
+                return Err(openpgp::anyhow::anyhow!(
+                    "not signed by a trusted signer ({why})"
+                ));
             }
         }
         Err(openpgp::anyhow::anyhow!("no signature"))

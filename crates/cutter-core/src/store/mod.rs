@@ -182,9 +182,7 @@ impl Store {
         signature: &[u8],
     ) -> Result<()> {
         let id = RunId::parse(&manifest.run_id)?;
-        let json = manifest
-            .to_bytes()
-            .map_err(|reason| Error::Internal(reason))?;
+        let json = manifest.to_bytes().map_err(Error::Internal)?;
         let dir = &artifact.dir;
         let staged = [
             (

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, bail};
@@ -276,11 +276,7 @@ impl Psql {
 }
 
 /// Runs `cmd` feeding it `input` from a thread while its output is read.
-fn run(
-    bin: &PathBuf,
-    mut cmd: Command,
-    input: impl Read + Send + 'static,
-) -> anyhow::Result<Output> {
+fn run(bin: &Path, mut cmd: Command, input: impl Read + Send + 'static) -> anyhow::Result<Output> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running {}", bin.display()))?;
@@ -374,7 +370,7 @@ fn random_token() -> anyhow::Result<String> {
 }
 
 /// psql learnt `\restrict` in 13.22, 14.19, 15.14, 16.10 and 17.6.
-fn check_version(bin: &PathBuf) -> anyhow::Result<()> {
+fn check_version(bin: &Path) -> anyhow::Result<()> {
     let out = Command::new(bin)
         .arg("--version")
         .stdin(Stdio::null())
