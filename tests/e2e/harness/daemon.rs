@@ -212,9 +212,10 @@ impl Daemon {
 
     /// A gRPC client on the socket.
     pub async fn client(&self) -> BackupServiceClient<Channel> {
-        cutter_backup::connect(&self.socket)
-            .await
-            .expect("connect to the daemon")
+        match cutter_backup::connect(&self.socket).await {
+            Ok(c) => c,
+            Err(e) => panic!("connect to the daemon: {e:?}\n{}", self.log()),
+        }
     }
 
     /// Runs `cutterctl --socket <socket> args…`.
