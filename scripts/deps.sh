@@ -5,7 +5,7 @@
 # script(1) (the TTY test). Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils)
+packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils openssl)
 
 missing=()
 for p in "${packages[@]}"; do

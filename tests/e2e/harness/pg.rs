@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::proc::{postgres_ids, run};
+use super::proc::{postgres_ids, require, run};
 
 /// The schema in scope.
 pub const SCHEMA: &str = "cutter_governance";
@@ -34,6 +34,16 @@ pub enum Grants {
     All,
     /// All but `verify_result` and `cut_change_set_affected_row` (the report's state).
     MissingTwo,
+}
+
+/// The files a TLS client of the test cluster needs.
+pub struct Tls {
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// The client certificate (CN = the daemon's role).
+    pub cert: PathBuf,
+    /// Its key (0600).
+    pub key: PathBuf,
 }
 
 /// A running cluster; stopped and deleted on drop.
@@ -120,6 +130,119 @@ impl Cluster {
             last_err = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
         }
         panic!("PostgreSQL did not start:\n{last_err}");
+    }
+
+    /// Turns TLS on with a throwaway CA, and makes `cutter_exec` log in over
+    /// TCP only with a client certificate (`hostssl … cert`, no plain TCP):
+    /// a client that drops `sslcert`/`sslkey` or TLS cannot connect.
+    pub fn require_client_certs(&self) -> Tls {
+        require("openssl");
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir_all(&dir).expect("mkdir tls");
+        let ossl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(&dir).args(args));
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        ossl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=cutter-test-ca",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                ],
+            ]
+            .concat(),
+        );
+        for (name, cn, san) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ),
+            ("client", ROLE, "keyUsage=digitalSignature"),
+        ] {
+            let ext = format!("{name}.ext");
+            std::fs::write(dir.join(&ext), format!("{san}\n")).expect("ext");
+            ossl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-subj",
+                        &format!("/CN={cn}"),
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                    ],
+                ]
+                .concat(),
+            );
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &format!("{name}.crt"),
+            ]);
+        }
+        for key in ["server.key", "client.key", "ca.key"] {
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+        }
+        if let Some((uid, gid)) = postgres_ids() {
+            for f in ["server.key", "server.crt", "ca.crt"] {
+                std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid)).expect("chown");
+            }
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
+        }
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba");
+        std::fs::write(
+            &hba,
+            format!("hostssl all {ROLE} 127.0.0.1/32 cert\nhostnossl all {ROLE} 127.0.0.1/32 reject\n{old}"),
+        )
+        .expect("pg_hba");
+        for (k, v) in [
+            ("ssl_cert_file", dir.join("server.crt")),
+            ("ssl_key_file", dir.join("server.key")),
+            ("ssl_ca_file", dir.join("ca.crt")),
+        ] {
+            self.psql(
+                "postgres",
+                &format!("ALTER SYSTEM SET {k} = '{}'", v.display()),
+            );
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        Tls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
+        }
     }
 
     /// What the server logged so far.
