@@ -7,11 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut prost_config = prost_build::Config::new();
     prost_config.protoc_executable(protoc);
-    tonic_prost_build::configure().compile_with_config(
-        prost_config,
-        &["proto/cutter/backup/v1/backup.proto"],
-        &["proto"],
-    )?;
+    // The encoded descriptors feed gRPC server reflection (grpcurl list/describe).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("cutter_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_with_config(
+            prost_config,
+            &["proto/cutter/backup/v1/backup.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
 
     let commit = std::env::var("CUTTER_SOURCE_COMMIT").ok().or_else(|| {

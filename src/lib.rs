@@ -8,6 +8,12 @@ pub mod v1 {
     tonic::include_proto!("cutter.backup.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `cutter.backup.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cutter_descriptor");
+
+/// The fully qualified service name, as health checks and reflection name it.
+pub const SERVICE_NAME: &str = "cutter.backup.v1.BackupService";
+
 use std::path::Path;
 
 use hyper_util::rt::TokioIo;

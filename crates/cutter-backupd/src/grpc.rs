@@ -15,7 +15,6 @@ use cutter_backup::v1::{
 };
 use cutter_core::selftest;
 use cutter_core::setup::KeyResolution;
-use cutter_core::store::Entry;
 use cutter_core::{Error, ErrorKind, key};
 
 use crate::daemon::{Daemon, Done, summarize};
@@ -86,9 +85,10 @@ impl BackupService for Service {
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        let own = ops::own_signer(&setup);
         let last_backup = entries
             .iter()
-            .filter_map(Entry::manifest)
+            .filter_map(|e| ops::authentic(e, &own).ok())
             .max_by(|a, b| a.created_at.cmp(&b.created_at))
             .map(|m| LastBackup {
                 run_id: m.run_id.clone(),
@@ -125,8 +125,8 @@ impl BackupService for Service {
     }
 
     async fn list(&self, _req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        let store = self.0.setup().store.clone();
-        ops::blocking(move || ops::list(&store))
+        let setup = self.0.setup();
+        ops::blocking(move || ops::list(&setup.store, &ops::own_signer(&setup)))
             .await
             .map(Response::new)
     }

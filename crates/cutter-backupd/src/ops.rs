@@ -8,6 +8,7 @@ use tonic::Status;
 use cutter_backup::v1::{
     ArtifactInfo, ListReply, PruneDecision, PruneReply, VerifyReply, VerifyResult,
 };
+use cutter_core::manifest::Manifest;
 use cutter_core::retention::{self, Action, Policy};
 use cutter_core::runid::RunId;
 use cutter_core::setup::Setup;
@@ -44,10 +45,27 @@ pub fn trust(setup: &Setup, pinned: &[u8], expect_sha256: &str) -> Result<Trust,
     })
 }
 
+/// The daemon's own signer cert (what this host's manifests must carry).
+pub fn own_signer(setup: &Setup) -> Vec<Cert> {
+    setup.signer.iter().map(|s| s.public_cert()).collect()
+}
+
+/// The manifest of `e` when it is signed by one of `signers` (the bytes are
+/// not hashed here: that is verify's job).
+pub fn authentic<'a>(e: &'a Entry, signers: &[Cert]) -> Result<&'a Manifest, String> {
+    match &e.manifest {
+        ManifestState::Present(signed) => {
+            verify::authenticate(&e.run_id, signed, signers).map(|_| &signed.manifest)
+        }
+        ManifestState::Missing => Err("no manifest".into()),
+        ManifestState::Bad(why) => Err(why.clone()),
+    }
+}
+
 /// Every run, newest first.
-pub fn list(store: &Store) -> Result<ListReply, Status> {
+pub fn list(store: &Store, signers: &[Cert]) -> Result<ListReply, Status> {
     let entries = store.list().map_err(|e| Status::internal(e.to_string()))?;
-    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(info).collect();
+    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(|e| info(e, signers)).collect();
     artifacts.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
@@ -56,7 +74,7 @@ pub fn list(store: &Store) -> Result<ListReply, Status> {
     Ok(ListReply { artifacts })
 }
 
-fn info(e: &Entry) -> ArtifactInfo {
+fn info(e: &Entry, signers: &[Cert]) -> ArtifactInfo {
     let base = ArtifactInfo {
         run_id: e.run_id.to_string(),
         size_bytes: e.size_bytes,
@@ -66,8 +84,8 @@ fn info(e: &Entry) -> ArtifactInfo {
     match &e.manifest {
         ManifestState::Present(signed) => {
             let m = &signed.manifest;
-            let (state, detail) = if signed.signature.is_none() {
-                ("corrupt", "unsigned manifest".to_owned())
+            let (state, detail) = if let Err(why) = authentic(e, signers) {
+                ("corrupt", why)
             } else if e.size_bytes != m.size_bytes {
                 (
                     "corrupt",
@@ -147,7 +165,12 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
         keep_last: setup.config.retention.keep_last,
         keep_days: setup.config.retention.keep_days,
     };
-    let trust = trust(setup, &[], "")?;
+    // Only this daemon's own runs count toward what is kept: a genuine run
+    // of another pinned signer, planted here, must not push ours out.
+    let trust = Trust {
+        signers: own_signer(setup),
+        expect_sha256: None,
+    };
     let decisions = retention::plan(&setup.store, &trust, policy, SystemTime::now())
         .map_err(Status::internal)?;
     if confirm {

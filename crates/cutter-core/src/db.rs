@@ -59,9 +59,12 @@ impl ConnTarget {
             reason,
         })?;
         let opts = options(url)?;
-        let host = match opts.get_socket() {
-            Some(dir) => dir.to_string_lossy().into_owned(),
-            None => opts.get_host().to_owned(),
+        // The host as written (sqlx reports a `hostaddr` as the host; libpq
+        // keeps the name for TLS and uses the address to connect).
+        let host = match (opts.get_socket(), written_host(url)) {
+            (Some(dir), _) => dir.to_string_lossy().into_owned(),
+            (None, Some(h)) => h,
+            (None, None) => opts.get_host().to_owned(),
         };
         let user = opts.get_username().to_owned();
         let params = url
@@ -125,6 +128,19 @@ pub fn clear_pg_env(cmd: &mut std::process::Command) {
             cmd.env_remove(k);
         }
     }
+}
+
+/// The host in a URL's authority, without user and port; `None` when empty.
+fn written_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        hostport.split(':').next()?
+    };
+    (!host.is_empty()).then(|| percent_decode(host))
 }
 
 /// `%2F` → `/` in URL query values.
@@ -466,6 +482,16 @@ mod tests {
             t.conninfo("scr'atch", "cutter_restore"),
             "host='db.example' port=5433 dbname='scr\\'atch' user='cutter_restore' sslmode='verify-full' sslrootcert='/etc/ca.pem'"
         );
+    }
+
+    #[test]
+    fn the_host_is_the_one_written() {
+        let t = ConnTarget::parse("postgres://u@db.invalid:5/d?hostaddr=127.0.0.1", None)
+            .expect("parses");
+        assert_eq!((t.host.as_str(), t.port), ("db.invalid", 5));
+        assert!(t.conninfo("d", "u").contains("hostaddr='127.0.0.1'"));
+        let t = ConnTarget::parse("postgres://u@/d?host=/run/pg", None).expect("parses");
+        assert_eq!(t.host, "/run/pg");
     }
 
     #[test]

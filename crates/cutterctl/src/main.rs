@@ -121,7 +121,7 @@ async fn run(args: Args) -> ExitCode {
             Ok(Ok(true)) => ExitCode::SUCCESS,
             Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),
             Ok(Err(e)) => {
-                eprintln!("cutterctl restore: {e:#}");
+                eprintln!("cutterctl restore: {}", output::clean(&format!("{e:#}")));
                 ExitCode::from(EXIT_FAILED)
             }
             Err(e) => {

@@ -219,13 +219,9 @@ impl Cluster {
             }
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
         }
-        let hba = self.dir.path().join("data").join("pg_hba.conf");
-        let old = std::fs::read_to_string(&hba).expect("pg_hba");
-        std::fs::write(
-            &hba,
-            format!("hostssl all {ROLE} 127.0.0.1/32 cert\nhostnossl all {ROLE} 127.0.0.1/32 reject\n{old}"),
-        )
-        .expect("pg_hba");
+        self.prepend_hba(&format!(
+            "hostssl all {ROLE} 127.0.0.1/32 cert\nhostnossl all {ROLE} 127.0.0.1/32 reject"
+        ));
         for (k, v) in [
             ("ssl_cert_file", dir.join("server.crt")),
             ("ssl_key_file", dir.join("server.key")),
@@ -243,6 +239,14 @@ impl Cluster {
             cert: dir.join("client.crt"),
             key: dir.join("client.key"),
         }
+    }
+
+    /// Puts `lines` first in pg_hba.conf and reloads.
+    pub fn prepend_hba(&self, lines: &str) {
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba");
+        std::fs::write(&hba, format!("{lines}\n{old}")).expect("pg_hba");
+        self.psql("postgres", "SELECT pg_reload_conf()");
     }
 
     /// What the server logged so far.

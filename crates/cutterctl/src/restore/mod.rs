@@ -58,6 +58,11 @@ pub struct Restore {
     /// The non-superuser role the dump is loaded as; created when missing.
     #[arg(long, default_value = "cutter_restore")]
     pub load_role: String,
+    /// The live database is gone (a lost host): restore without comparing
+    /// the target with it. Without this flag, a live database that cannot
+    /// be reached makes restore refuse.
+    #[arg(long)]
+    pub live_database_gone: bool,
 }
 
 /// Runs the restore; `Ok(false)` when row counts differ.
@@ -91,20 +96,17 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     let Some(target) = target else {
         bail!("no target");
     };
-    let psql = Psql::new(r.psql.clone(), target, &r.load_role)?;
+    let psql = Psql::new(r.psql.clone(), target, &r.load_role, r.live_database_gone)?;
     psql.refuse_live(&live_target(&config))?;
     // Decrypt all of it before anything loads: a failed MDC or a checksum
-    // mismatch then commits nothing, and psql never sees a byte of it.
-    let work = tempfile::Builder::new()
-        .prefix("cutter-restore-")
-        .tempdir()
-        .context("creating a private temp directory")?;
-    let mut plain = create_0600_new(&work.path().join("plain.sql"))?;
+    // mismatch then creates and commits nothing. The plaintext goes to an
+    // unnamed file (O_TMPFILE): no name anyone could swap or read.
+    let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
     decrypt_checked(&store, &id, &manifest, &keys, passphrase, &mut plain)?;
     plain.rewind()?;
     let password = psql.prepare(&manifest)?;
-    psql.load(&password, plain)?;
-    psql.compare(&manifest)
+    let counts = psql.load(&password, plain, &manifest)?;
+    Ok(psql.compare(&counts))
 }
 
 /// The signers manifests must be signed by: `--signer` files, else

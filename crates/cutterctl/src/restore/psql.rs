@@ -21,6 +21,8 @@ use cutter_core::config::{TableName, quote_ident};
 use cutter_core::db::{ConnTarget, clear_pg_env};
 use cutter_core::manifest::Manifest;
 
+use crate::output::clean;
+
 /// The database admin sessions connect to while the scratch one may not exist.
 const MAINTENANCE_DB: &str = "postgres";
 
@@ -29,11 +31,17 @@ pub struct Psql {
     bin: PathBuf,
     target: ConnTarget,
     role: String,
+    live_gone: bool,
 }
 
 impl Psql {
     /// Checks the role name and that this psql knows `\restrict`.
-    pub fn new(bin: Option<PathBuf>, target: ConnTarget, role: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        bin: Option<PathBuf>,
+        target: ConnTarget,
+        role: &str,
+        live_gone: bool,
+    ) -> anyhow::Result<Self> {
         let plain = role.len() <= 63
             && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && role
@@ -48,14 +56,22 @@ impl Psql {
             bin,
             target,
             role: role.to_owned(),
+            live_gone,
         })
     }
 
+    /// psql on `database` as `user`. Sessions start with
+    /// `search_path=pg_catalog` (startup options outrank database and role
+    /// settings), so objects a dump left behind cannot shadow what our own
+    /// queries call.
     fn cmd(&self, database: &str, user: &str) -> Command {
         let mut c = Command::new(&self.bin);
         clear_pg_env(&mut c);
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.target.conninfo(database, user))
+            .arg(format!(
+                "{} options='-c search_path=pg_catalog'",
+                self.target.conninfo(database, user)
+            ))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -63,23 +79,37 @@ impl Psql {
     }
 
     /// Runs our own `sql` as the URL's (admin) role in `database`; the
-    /// unaligned, tuples-only result.
+    /// unaligned, tuples-only result. Never in the scratch database after
+    /// the load: what the dump created there is hostile to an admin session.
     fn admin(&self, database: &str, sql: &str, vars: &[(&str, &str)]) -> anyhow::Result<String> {
-        let mut c = self.cmd(database, &self.target.user);
+        self.query(self.cmd(database, &self.target.user), sql, vars)
+    }
+
+    /// Runs our own `sql` in the scratch database as the load role.
+    fn as_load_role(&self, password: &str, sql: &str) -> anyhow::Result<String> {
+        let mut c = self.cmd(&self.target.database, &self.role);
+        c.env("PGPASSWORD", password);
+        self.query(c, sql, &[])
+    }
+
+    fn query(&self, mut c: Command, sql: &str, vars: &[(&str, &str)]) -> anyhow::Result<String> {
         c.arg("-At");
         for (k, v) in vars {
             c.arg("-v").arg(format!("{k}={v}"));
         }
         let out = run(&self.bin, c, std::io::Cursor::new(sql.as_bytes().to_vec()))?;
         if !out.status.success() {
-            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "psql: {}",
+                clean(&String::from_utf8_lossy(&out.stderr)).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Refuses when the target is the live cluster's live database, by
-    /// server identity, not by how the host is spelled. When the live
-    /// database cannot be reached (a lost host) the target cannot be it.
+    /// server identity, not by how the host is spelled; and when it cannot
+    /// tell, unless the operator says the live database is gone.
     pub fn refuse_live(&self, live: &Option<ConnTarget>) -> anyhow::Result<()> {
         const IDENTITY: &str = "SELECT system_identifier FROM pg_control_system()";
         let refuse = |why: String| {
@@ -102,27 +132,32 @@ impl Psql {
         let target_id = self
             .admin(MAINTENANCE_DB, IDENTITY, &[])
             .context("identifying the target server")?;
-        let Some(live) = live else {
-            eprintln!(
-                "warning: database.url in the config is unusable; cannot compare the target with the live database"
-            );
+        if self.live_gone {
+            eprintln!("--live-database-gone: the target is not compared with the live database");
             return Ok(());
+        }
+        let unknown = |why: String| {
+            anyhow::anyhow!(
+                "cannot tell whether {} is the live database ({why}); restore refuses unless it can compare them. If the live database is gone (a lost host), pass --live-database-gone",
+                self.target.shown()
+            )
+        };
+        let Some(live) = live else {
+            return Err(unknown(
+                "database.url or database.password_file in the config is unusable".into(),
+            ));
         };
         let mut c = self.cmd(&live.database, &live.user);
         c.arg("-At").envs(live.env());
-        let live_id = match run(&self.bin, c, IDENTITY.as_bytes()) {
-            Ok(out) if out.status.success() => {
-                String::from_utf8_lossy(&out.stdout).trim().to_owned()
-            }
-            _ => {
-                eprintln!(
-                    "warning: the live database {} is unreachable; restoring into {} (a different server or database)",
-                    live.shown(),
-                    self.target.shown()
-                );
-                return Ok(());
-            }
-        };
+        let out = run(&self.bin, c, IDENTITY.as_bytes())?;
+        if !out.status.success() {
+            return Err(unknown(format!(
+                "the live database {} did not answer: {}",
+                live.shown(),
+                clean(&String::from_utf8_lossy(&out.stderr)).trim()
+            )));
+        }
+        let live_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if live_id == target_id && live.database == self.target.database {
             return Err(refuse(format!(
                 "same server, system identifier {live_id}, same database"
@@ -131,30 +166,40 @@ impl Psql {
         Ok(())
     }
 
-    /// Makes the load role (non-superuser, no memberships) with a fresh
-    /// one-use password, the scratch database owned by it (or takes over an
-    /// existing empty one), and the dump's schemas; returns the password.
+    /// Makes the load role (non-superuser, no memberships, marked as
+    /// cutterctl's) with a fresh one-use password, the scratch database
+    /// owned by it (or takes over an existing empty one without settings),
+    /// and the dump's schemas; returns the password.
     pub fn prepare(&self, manifest: &Manifest) -> anyhow::Result<String> {
         let (db, role) = (self.target.database.as_str(), self.role.as_str());
         let state = self.admin(
             MAINTENANCE_DB,
-            "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls \
-             OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) \
+            "SELECT (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls \
+             OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid))::text \
+             || ':' || (shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM :'marker')::text \
              FROM pg_roles r WHERE rolname = :'role'",
-            &[("role", role)],
+            &[("role", role), ("marker", ROLE_MARKER)],
         )?;
-        if state == "t" {
-            bail!(
+        match state.as_str() {
+            "" | "false:true" => {}
+            "false:false" => bail!(
+                "role {role} exists and was not made by cutterctl (its password would be replaced): pass --load-role with a new name"
+            ),
+            _ => bail!(
                 "role {role} exists with privileges beyond owning a database (superuser, createrole, createdb, replication, bypassrls or role memberships): pass --load-role with a new name"
-            );
+            ),
         }
         let password = random_token()?;
         let verb = if state.is_empty() { "CREATE" } else { "ALTER" };
+        // A SCRAM verifier made here: the password itself never reaches the
+        // server, so no statement log can hold it.
         self.admin(
             MAINTENANCE_DB,
             &format!(
-                "{verb} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{password}'",
-                quote_ident(role)
+                "{verb} ROLE {r} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{}';\n\
+                 COMMENT ON ROLE {r} IS '{ROLE_MARKER}';",
+                scram_verifier(&password)?,
+                r = quote_ident(role)
             ),
             &[],
         )?;
@@ -171,16 +216,24 @@ impl Psql {
             )?;
             eprintln!("created scratch database {db} owned by {role}");
         } else {
-            let tables = self.admin(
+            let settings = self.admin(
+                MAINTENANCE_DB,
+                "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+                 WHERE d.datname = :'db'",
+                &[("db", db)],
+            )?;
+            let objects = self.admin(
                 db,
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg_toast%'",
+                "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                         AND n.nspname NOT LIKE 'pg_toast%') \
+                      + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))",
                 &[],
             )?;
-            if tables != "0" {
+            if objects != "0" || settings != "0" {
                 bail!(
-                    "database {db} is not empty ({tables} tables): restore into a new database name, cutterctl creates it"
+                    "database {db} is not empty ({objects} relations or functions, {settings} settings): restore into a new database name, cutterctl creates it"
                 );
             }
             self.admin(
@@ -211,53 +264,87 @@ impl Psql {
     }
 
     /// Loads the authenticated plaintext in one transaction as the load
-    /// role, in restricted mode; then takes the role's password away.
-    pub fn load(&self, password: &str, plain: File) -> anyhow::Result<()> {
+    /// role, in restricted mode, counts the manifest's tables in the same
+    /// role's session, then takes the role's password away and resets any
+    /// setting the dump put on the database.
+    pub fn load(&self, password: &str, plain: File, manifest: &Manifest) -> anyhow::Result<Counts> {
         let key = random_token()?;
         let mut c = self.cmd(&self.target.database, &self.role);
-        c.arg("--single-transaction")
+        // `-f -`: psql's --single-transaction only wraps -f/-c input.
+        c.args(["--single-transaction", "-f", "-"])
             .env("PGPASSWORD", password)
             .stdout(Stdio::null());
         let input = Restricted::new(&key, BufReader::with_capacity(1 << 20, plain));
-        let out = run(&self.bin, c, input);
+        let loaded = run(&self.bin, c, input).and_then(|out| {
+            if out.status.success() {
+                Ok(())
+            } else {
+                bail!(
+                    "psql could not load the dump (nothing was committed): {}",
+                    clean(&String::from_utf8_lossy(&out.stderr)).trim()
+                )
+            }
+        });
+        let counts = loaded.and_then(|()| self.count(password, manifest));
         let lock = self.admin(
             MAINTENANCE_DB,
-            &format!("ALTER ROLE {} PASSWORD NULL", quote_ident(&self.role)),
+            &format!(
+                "ALTER ROLE {r} PASSWORD NULL; ALTER DATABASE {d} RESET ALL;",
+                r = quote_ident(&self.role),
+                d = quote_ident(&self.target.database)
+            ),
             &[],
         );
-        let out = out?;
-        if !out.status.success() {
-            bail!(
-                "psql could not load the dump (nothing was committed): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        let counts = counts?;
         lock.context("removing the load role's password")?;
-        Ok(())
+        Ok(counts)
     }
 
-    /// Prints manifest vs restored counts; `Ok(false)` when any differs.
-    pub fn compare(&self, manifest: &Manifest) -> anyhow::Result<bool> {
-        println!("{:<50} {:>12} {:>12}", "table", "manifest", "restored");
-        let mut all_match = true;
+    /// Every manifest table's row count, as the load role: each must be a
+    /// plain or partitioned table (a view could run anything as its reader).
+    fn count(&self, password: &str, manifest: &Manifest) -> anyhow::Result<Counts> {
+        let mut out = Vec::with_capacity(manifest.tables.len());
         for t in &manifest.tables {
             let (schema, name) = t.table.split_once('.').context("table name in manifest")?;
-            let quoted = TableName {
-                schema: schema.to_owned(),
-                name: name.to_owned(),
-            }
-            .quoted();
-            let got = self.admin(
-                &self.target.database,
-                &format!("SELECT count(*) FROM {quoted}"),
-                &[],
+            let kind = self.as_load_role(
+                password,
+                &format!(
+                    "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = {} AND c.relname = {}",
+                    quote_literal(schema),
+                    quote_literal(name)
+                ),
             )?;
-            let ok = got == t.rows.to_string();
+            let rows = if kind == "r" || kind == "p" {
+                let quoted = TableName {
+                    schema: schema.to_owned(),
+                    name: name.to_owned(),
+                }
+                .quoted();
+                Some(self.as_load_role(
+                    password,
+                    &format!("SELECT pg_catalog.count(*) FROM {quoted}"),
+                )?)
+            } else {
+                None
+            };
+            out.push((t.table.clone(), t.rows, rows));
+        }
+        Ok(out)
+    }
+
+    /// Prints manifest vs restored counts; `false` when any differs.
+    pub fn compare(&self, counts: &Counts) -> bool {
+        println!("{:<50} {:>12} {:>12}", "table", "manifest", "restored");
+        let mut all_match = true;
+        for (table, want, got) in counts {
+            let got = got.as_deref().unwrap_or("not a table");
+            let ok = got == want.to_string();
             all_match &= ok;
             println!(
                 "{:<50} {:>12} {:>12}{}",
-                t.table,
-                t.rows,
+                clean(table),
+                want,
                 got,
                 if ok { "" } else { "  MISMATCH" }
             );
@@ -265,14 +352,59 @@ impl Psql {
         if all_match {
             println!(
                 "RESTORE: OK — {} tables into {}",
-                manifest.tables.len(),
+                counts.len(),
                 self.target.database
             );
         } else {
             println!("RESTORE: MISMATCH — row counts differ from the manifest");
         }
-        Ok(all_match)
+        all_match
     }
+}
+
+/// (table, rows in the manifest, rows restored or `None` when not a table).
+pub type Counts = Vec<(String, u64, Option<String>)>;
+
+/// The comment that marks a role cutterctl made (and may re-key).
+const ROLE_MARKER: &str = "cutter-backup restore load role (cutterctl)";
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A PostgreSQL SCRAM-SHA-256 verifier for `password` (what `\password` and
+/// libpq's PQencryptPasswordConn send), so the password never travels.
+fn scram_verifier(password: &str) -> anyhow::Result<String> {
+    use openssl::base64::encode_block;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+    const ITERATIONS: usize = 4096;
+    let mut salt = [0u8; 16];
+    openssl::rand::rand_bytes(&mut salt)?;
+    let mut salted = [0u8; 32];
+    openssl::pkcs5::pbkdf2_hmac(
+        password.as_bytes(),
+        &salt,
+        ITERATIONS,
+        MessageDigest::sha256(),
+        &mut salted,
+    )?;
+    let hmac = |msg: &[u8]| -> anyhow::Result<Vec<u8>> {
+        let key = PKey::hmac(&salted)?;
+        let mut s = Signer::new(MessageDigest::sha256(), &key)?;
+        s.update(msg)?;
+        Ok(s.sign_to_vec()?)
+    };
+    let client_key = hmac(b"Client Key")?;
+    let stored_key = openssl::sha::sha256(&client_key);
+    let server_key = hmac(b"Server Key")?;
+    Ok(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        encode_block(&salt),
+        encode_block(&stored_key),
+        encode_block(&server_key)
+    ))
 }
 
 /// Runs `cmd` feeding it `input` from a thread while its output is read.
@@ -322,9 +454,10 @@ impl<R: BufRead> Restricted<R> {
                 return Ok(None);
             }
             let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
             if self.in_copy {
                 self.in_copy = text != b"\\.";
-            } else if text.starts_with(b"COPY ") && text.ends_with(b" FROM stdin;") {
+            } else if is_copy_from_stdin(text) {
                 self.in_copy = true;
             } else if is_restrict_line(text) {
                 continue;
@@ -332,6 +465,11 @@ impl<R: BufRead> Restricted<R> {
             return Ok(Some(std::mem::take(&mut self.line)));
         }
     }
+}
+
+fn is_copy_from_stdin(text: &[u8]) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.starts_with(b"copy ") && lower.ends_with(b" from stdin;")
 }
 
 fn is_restrict_line(text: &[u8]) -> bool {
