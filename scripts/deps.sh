@@ -2,10 +2,13 @@
 # Installs the Debian packages cutter-backup needs to build, test and demo:
 # PostgreSQL (server + client), GnuPG, and what sequoia's OpenSSL backend
 # needs to build; systemd for systemd-analyze (unit checks) and bsdutils for
-# script(1) (the TTY test). Idempotent: does nothing when everything is present.
+# script(1) (the TTY test); openssl (the TLS test's CA), prometheus (promtool
+# checks the metrics and alert rules), python3-venv (the Python client's
+# tests; scripts/python-venv.sh makes the venv), util-linux (unshare, for the
+# journald field test). Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils openssl)
+packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils openssl prometheus python3-venv util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

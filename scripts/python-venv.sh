@@ -41,7 +41,7 @@ fi
 
 py_version=$("$python" -c 'import sys; print(sys.implementation.name, ".".join(map(str, sys.version_info[:3])))')
 hash=$( { cat "$requirements"; printf 'python: %s\n' "$py_version"; } | sha256sum | cut -d" " -f1)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/cutter-backup"
+cache="${XDG_CACHE_HOME:-${HOME:?neither XDG_CACHE_HOME nor HOME is set}/.cache}/cutter-backup"
 venv="$cache/venv-$hash"
 mkdir -p "$cache"
 

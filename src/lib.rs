@@ -32,13 +32,19 @@ pub const SOURCE_COMMIT: &str = env!("CUTTER_SOURCE_COMMIT");
 pub async fn connect(
     socket: &Path,
 ) -> Result<BackupServiceClient<Channel>, tonic::transport::Error> {
+    Ok(BackupServiceClient::new(channel(socket).await?))
+}
+
+/// A channel to the daemon's socket, for any of its services (health,
+/// reflection). tonic sends a valid `:authority` (the endpoint's host), which
+/// is what the daemon's HTTP/2 stack requires.
+pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_owned();
     // The URI is required by the API but unused: the connector picks the socket.
-    let channel = Endpoint::from_static("http://cutter-backupd.invalid")
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { UnixStream::connect(socket).await.map(TokioIo::new) }
         }))
-        .await?;
-    Ok(BackupServiceClient::new(channel))
+        .await
 }

@@ -248,6 +248,7 @@ impl Bench {
             server_extra: String::new(),
             env: vec![("RUST_LOG".into(), "warn".into())],
             run_as: None,
+            wrap: Vec::new(),
         }
     }
 

@@ -12,7 +12,12 @@ use crate::harness::proc::{require, run, wait_until, workspace_bin};
 use crate::harness::{Daemon, Grants, KeyKind, World, pg};
 
 /// Collects notify messages until `until` matches one or `within` passes.
-fn read_until(sock: &UnixDatagram, seen: &mut Vec<String>, until: &str, within: Duration) {
+pub(crate) fn read_until(
+    sock: &UnixDatagram,
+    seen: &mut Vec<String>,
+    until: &str,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {

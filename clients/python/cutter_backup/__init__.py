@@ -22,7 +22,15 @@ from .errors import (
     Refused,
     Unavailable,
 )
-from .models import REQUIRED_FIELDS, Check, DaemonStatus, Envelope, LastBackup, Report, RunningBackup
+from .models import (
+    REQUIRED_FIELDS,
+    Check,
+    DaemonStatus,
+    Envelope,
+    LastBackup,
+    Report,
+    RunningBackup,
+)
 from .runner import BackupRunner
 
 __version__ = "0.1.0"

@@ -12,7 +12,8 @@ same knob: Go grpc.WithAuthority("localhost"), Java
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Tuple, Union
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
@@ -21,11 +22,11 @@ __all__ = ["DEFAULT_SOCKET", "AUTHORITY_OPTION", "CHANNEL_OPTIONS", "target", "m
 DEFAULT_SOCKET = "/run/cutter/backupd.sock"
 
 # The one option a client of the daemon cannot do without (see above).
-AUTHORITY_OPTION: Tuple[str, str] = ("grpc.default_authority", "localhost")
+AUTHORITY_OPTION: tuple[str, str] = ("grpc.default_authority", "localhost")
 
 _MiB = 1024 * 1024
 
-CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     AUTHORITY_OPTION,
     # A PreWriteBackup sends nothing while pg_dump runs (minutes): ping the
     # daemon so a hung or vanished peer is noticed, and keep pinging for the
@@ -41,7 +42,7 @@ CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
 ]
 
 
-def target(socket: Union[str, "os.PathLike[str]"]) -> str:
+def target(socket: str | os.PathLike[str]) -> str:
     """The gRPC target for a socket path: "unix:" + path."""
     path = os.fspath(socket)
     if not path:
@@ -50,8 +51,8 @@ def target(socket: Union[str, "os.PathLike[str]"]) -> str:
 
 
 def make_channel(
-    socket: Union[str, "os.PathLike[str]"] = DEFAULT_SOCKET,
-    extra_options: Iterable[Tuple[str, Any]] = (),
+    socket: str | os.PathLike[str] = DEFAULT_SOCKET,
+    extra_options: Iterable[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """An insecure channel to the daemon's socket with CHANNEL_OPTIONS.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from .channel import DEFAULT_SOCKET
 from .client import Client
@@ -112,7 +112,7 @@ def _backup(c: Client, run_id: str) -> int:
     return EXIT_OK
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: 2 on bad usage, 0 for --help

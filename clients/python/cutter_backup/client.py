@@ -11,7 +11,8 @@ completeness itself.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional, Tuple, TypeVar, Union
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -45,10 +46,10 @@ class Client:
 
     def __init__(
         self,
-        socket: Union[str, "os.PathLike[str]"] = DEFAULT_SOCKET,
-        timeout: Optional[float] = DEFAULT_TIMEOUT,
-        backup_timeout: Optional[float] = None,
-        options: Iterable[Tuple[str, Any]] = (),
+        socket: str | os.PathLike[str] = DEFAULT_SOCKET,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        backup_timeout: float | None = None,
+        options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.socket = os.fspath(socket)
         self.timeout = timeout
@@ -62,7 +63,7 @@ class Client:
         """Closes the channel; calls after this raise ValueError."""
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -83,13 +84,13 @@ class Client:
 
     # -- calls -------------------------------------------------------------
 
-    def _call(self, name: str, method: Callable[..., T], request: Any, timeout: Optional[float]) -> T:
+    def _call(self, name: str, method: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, socket=self.socket, what=name) from e
 
-    def selftest(self, timeout: Optional[float] = None) -> Report:
+    def selftest(self, timeout: float | None = None) -> Report:
         """Runs every fail-closed check; Report.passed is False when any FAILed.
 
         A FAILing selftest is a Report, not an exception; exceptions are for
@@ -100,7 +101,7 @@ class Client:
         )
         return Report.from_message(reply)
 
-    def status(self, running_only: bool = False, timeout: Optional[float] = None) -> DaemonStatus:
+    def status(self, running_only: bool = False, timeout: float | None = None) -> DaemonStatus:
         """Version, readiness, key, last backup, artifacts, disk."""
         reply = self._call(
             "Status",
@@ -110,7 +111,7 @@ class Client:
         )
         return DaemonStatus.from_message(reply)
 
-    def pre_write_backup(self, run_id: str, timeout: Optional[float] = None) -> Envelope:
+    def pre_write_backup(self, run_id: str, timeout: float | None = None) -> Envelope:
         """Takes (or, for a run_id that has one, returns) the run's encrypted backup.
 
         Returns a COMPLETE Envelope. Raises Refused (fail-closed: the message
@@ -135,5 +136,5 @@ class Client:
             )
         return envelope
 
-    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+    def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout

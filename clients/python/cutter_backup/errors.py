@@ -22,7 +22,8 @@ Every exception is a CutterBackupError. Each carries the gRPC `code`
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -46,7 +47,7 @@ class CutterBackupError(Exception):
         self,
         message: str,
         *,
-        code: Optional[grpc.StatusCode] = None,
+        code: grpc.StatusCode | None = None,
         details: str = "",
     ) -> None:
         super().__init__(message)
@@ -64,10 +65,10 @@ class Refused(CutterBackupError):
 
     def __init__(self, message: str, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.checks: Tuple[str, ...] = _failing_checks(self.details or message)
+        self.checks: tuple[str, ...] = _failing_checks(self.details or message)
 
     @property
-    def check_names(self) -> Tuple[str, ...]:
+    def check_names(self) -> tuple[str, ...]:
         """Names of the failing checks, e.g. ("grants",)."""
         return tuple(c.split(":", 1)[0] for c in self.checks)
 
@@ -108,9 +109,7 @@ class IncompleteEnvelope(BackupFailed):
     names each bad field; `fields` is what was received, for the log.
     """
 
-    def __init__(
-        self, problems: Sequence[str], fields: Dict[str, Any], run_id: str = ""
-    ) -> None:
+    def __init__(self, problems: Sequence[str], fields: dict[str, Any], run_id: str = "") -> None:
         self.problems = tuple(problems)
         self.fields = dict(fields)
         self.run_id = run_id
@@ -143,7 +142,7 @@ def _is_transport_failure(details: str) -> bool:
     return details.strip().lower().startswith(_TRANSPORT_PREFIXES)
 
 
-def _failing_checks(text: str) -> Tuple[str, ...]:
+def _failing_checks(text: str) -> tuple[str, ...]:
     """Splits the daemon's "not ready (fail-closed): a: x; b: y" into ("a: x", "b: y").
 
     A detail may itself contain "; ", so a piece only starts a new check when
@@ -168,7 +167,7 @@ def from_rpc_error(
     details_fn = getattr(err, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details = (details_fn() if callable(details_fn) else None) or str(err)
-    kw: Dict[str, Any] = {"code": code, "details": details}
+    kw: dict[str, Any] = {"code": code, "details": details}
     name = code.name if code is not None else "UNKNOWN"
     msg = f"{what}: {name}: {details}"
 

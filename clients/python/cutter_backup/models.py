@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from .errors import IncompleteEnvelope
 
@@ -27,14 +27,14 @@ __all__ = [
 ]
 
 # The COMPLETE envelope of the old backup_runner.py and of the proto.
-REQUIRED_FIELDS: Tuple[str, ...] = ("sha256", "size_bytes", "gpg_fpr", "artifact_ref")
+REQUIRED_FIELDS: tuple[str, ...] = ("sha256", "size_bytes", "gpg_fpr", "artifact_ref")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # v4 fingerprints are 40 hex digits; v6 ones 64.
 _FPR = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
 
 
-def _problems(sha256: Any, size_bytes: Any, gpg_fpr: Any, artifact_ref: Any) -> List[str]:
+def _problems(sha256: Any, size_bytes: Any, gpg_fpr: Any, artifact_ref: Any) -> list[str]:
     out = []
     if not sha256:
         out.append("sha256 is empty")
@@ -69,13 +69,13 @@ class Envelope:
     artifact_ref: str
     created_at: str = ""
     # "schema.table" -> rows in the dumped snapshot.
-    tables: Dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
     manifest_ref: str = ""
     signature_ref: str = ""
     signer_fpr: str = ""
     # True when the daemon returned the existing backup of this run_id.
     reused: bool = False
-    recipient_fprs: Tuple[str, ...] = ()
+    recipient_fprs: tuple[str, ...] = ()
     duration_ms: int = 0
     server_version: str = ""
     pg_dump_version: str = ""
@@ -89,7 +89,7 @@ class Envelope:
         object.__setattr__(self, "recipient_fprs", tuple(self.recipient_fprs))
 
     @classmethod
-    def from_message(cls, msg: Any) -> "Envelope":
+    def from_message(cls, msg: Any) -> Envelope:
         """From a cutter.backup.v1.BackupEnvelope; IncompleteEnvelope if incomplete."""
         return cls(
             run_id=msg.run_id,
@@ -109,7 +109,7 @@ class Envelope:
             pg_dump_version=msg.pg_dump_version,
         )
 
-    def _fields(self) -> Dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "sha256": self.sha256,
@@ -128,7 +128,7 @@ class Envelope:
             "pg_dump_version": self.pg_dump_version,
         }
 
-    def as_dict(self, minimal: bool = False) -> Dict[str, Any]:
+    def as_dict(self, minimal: bool = False) -> dict[str, Any]:
         """The old backup_runner.py's envelope dict.
 
         Always has sha256, size_bytes, gpg_fpr, artifact_ref (first, in that
@@ -169,13 +169,12 @@ class Report:
     """A selftest report: passed is True when no check FAILed."""
 
     passed: bool
-    checks: List[Check] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @classmethod
-    def from_message(cls, msg: Any) -> "Report":
+    def from_message(cls, msg: Any) -> Report:
         checks = [
-            Check(c.name, _STATUS_WORDS.get(int(c.status), "UNKNOWN"), c.detail)
-            for c in msg.checks
+            Check(c.name, _STATUS_WORDS.get(int(c.status), "UNKNOWN"), c.detail) for c in msg.checks
         ]
         # Fail closed: a report claiming success next to a FAIL, or a check in
         # an unknown state, does not pass.
@@ -183,19 +182,19 @@ class Report:
         return cls(passed=passed, checks=checks)
 
     @property
-    def failed(self) -> List[Check]:
+    def failed(self) -> list[Check]:
         """The checks that did not pass (FAIL or an unknown status)."""
         return [c for c in self.checks if not c.ok]
 
-    def check(self, name: str) -> Optional[Check]:
+    def check(self, name: str) -> Check | None:
         """The check of that name, or None."""
         return next((c for c in self.checks if c.name == name), None)
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         """What `cutterctl selftest` prints: SELFTEST: PASS|FAIL, then a line per check."""
         return [f"SELFTEST: {'PASS' if self.passed else 'FAIL'}"] + [c.line() for c in self.checks]
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """What `cutterctl selftest --json` prints."""
         return {
             "passed": self.passed,
@@ -232,17 +231,17 @@ class DaemonStatus:
     summary: str
     key_fpr_tail: str
     key_expires_at: str
-    last_backup: Optional[LastBackup]
+    last_backup: LastBackup | None
     artifact_count: int
     artifact_bytes: int
     backup_dir: str
     disk_free_bytes: int
     tables_in_scope: int
-    running: List[RunningBackup]
+    running: list[RunningBackup]
     signer_fpr: str
 
     @classmethod
-    def from_message(cls, msg: Any) -> "DaemonStatus":
+    def from_message(cls, msg: Any) -> DaemonStatus:
         last = None
         if msg.HasField("last_backup"):
             b = msg.last_backup
@@ -265,7 +264,7 @@ class DaemonStatus:
             signer_fpr=msg.signer_fpr,
         )
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """What `cutterctl status --json` prints."""
         return {
             "version": self.version,

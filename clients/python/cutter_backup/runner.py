@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 from .channel import DEFAULT_SOCKET
 from .client import DEFAULT_TIMEOUT, Client
@@ -33,16 +33,16 @@ class BackupRunner:
 
     def __init__(
         self,
-        socket: Union[str, "os.PathLike[str]"] = DEFAULT_SOCKET,
-        backup_timeout: Optional[float] = None,
-        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        socket: str | os.PathLike[str] = DEFAULT_SOCKET,
+        backup_timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         minimal: bool = False,
     ) -> None:
         self.socket = os.fspath(socket)
         self.backup_timeout = backup_timeout
         self.timeout = timeout
         self.minimal = minimal
-        self._client: Optional[Client] = None
+        self._client: Client | None = None
         self._lock = threading.Lock()
 
     def _get(self) -> Client:
@@ -53,11 +53,11 @@ class BackupRunner:
                 )
             return self._client
 
-    def pre_write_backup(self, run_id: str) -> Dict[str, Any]:
+    def pre_write_backup(self, run_id: str) -> dict[str, Any]:
         """The COMPLETE envelope dict of run_id's backup, or an exception."""
         return self._get().pre_write_backup(run_id).as_dict(minimal=self.minimal)
 
-    def __call__(self, run_id: str) -> Dict[str, Any]:
+    def __call__(self, run_id: str) -> dict[str, Any]:
         return self.pre_write_backup(run_id)
 
     def selftest(self) -> Report:
@@ -70,7 +70,7 @@ class BackupRunner:
                 self._client.close()
                 self._client = None
 
-    def __enter__(self) -> "BackupRunner":
+    def __enter__(self) -> BackupRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,8 +31,8 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List
 
 import pytest
 
@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
 DAEMON_FIXTURES = {"ready_socket", "failing_socket", "denied_socket", "missing_socket"}
 
 
-def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every test that uses a daemon socket (directly or through a fixture)
     # is marked `daemon`, so `-m "not daemon"` is the no-daemon subset.
     for item in items:
@@ -65,8 +65,10 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
             item.add_marker(pytest.mark.daemon)
 
 
-def pytest_report_header(config: pytest.Config) -> List[str]:
-    lines = [f"cutter_backup {cutter_backup.__version__} from {Path(cutter_backup.__file__).parent}"]
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [
+        f"cutter_backup {cutter_backup.__version__} from {Path(cutter_backup.__file__).parent}"
+    ]
     for name in SOCKET_VARS:
         value = os.environ.get(name)
         lines.append(f"{name}={value}" if value else f"{name} is UNSET: tests that need it FAIL")

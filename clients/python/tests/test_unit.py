@@ -7,15 +7,18 @@ of replies and status codes, not the real daemon (tests/test_daemon.py does).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any, Callable, Dict, Iterator
+from typing import Any
 
 import grpc
 import pytest
+from conftest import run_cli
 
 import cutter_backup
 from cutter_backup import (
@@ -38,14 +41,12 @@ from cutter_backup._gen import backup_pb2_grpc as pb_grpc
 from cutter_backup.errors import from_rpc_error
 from cutter_backup.models import clean
 
-from conftest import run_cli
-
 SHA = "ab" * 32
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"
 
 
 def complete_message(run_id: str = "run-1", **override: Any) -> pb.BackupEnvelope:
-    fields: Dict[str, Any] = dict(
+    fields: dict[str, Any] = dict(
         run_id=run_id,
         sha256=SHA,
         size_bytes=1234,
@@ -106,7 +107,7 @@ def test_malformed_envelope_raises(field, value):
 
 def test_envelope_is_frozen():
     env = Envelope.from_message(complete_message())
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         env.sha256 = "x"  # type: ignore[misc]
 
 
@@ -117,7 +118,10 @@ def test_report_fails_closed_on_a_fail_check_or_unknown_status():
     Status = pb.Check.Status
     ok = pb.SelftestReport(
         passed=True,
-        checks=[pb.Check(name="key", status=Status.PASS), pb.Check(name="disk", status=Status.WARN)],
+        checks=[
+            pb.Check(name="key", status=Status.PASS),
+            pb.Check(name="disk", status=Status.WARN),
+        ],
     )
     assert Report.from_message(ok).passed
     lying = pb.SelftestReport(passed=True, checks=[pb.Check(name="grants", status=Status.FAIL)])
@@ -234,7 +238,7 @@ class Scripted(pb_grpc.BackupServiceServicer):
     """Answers each RPC with self.answers[name](request, context)."""
 
     def __init__(self) -> None:
-        self.answers: Dict[str, Callable[[Any, grpc.ServicerContext], Any]] = {}
+        self.answers: dict[str, Callable[[Any, grpc.ServicerContext], Any]] = {}
 
     def _answer(self, name: str, request: Any, context: grpc.ServicerContext) -> Any:
         return self.answers[name](request, context)
@@ -377,12 +381,13 @@ def test_fake_backup_cli(fake):
 def test_fake_concurrent_calls_share_one_client(fake):
     servicer, path = fake
     servicer.answers["PreWriteBackup"] = lambda req, ctx: complete_message(req.run_id)
-    results: Dict[str, str] = {}
+    results: dict[str, str] = {}
     with Client(path) as c:
-        threads = [
-            threading.Thread(target=lambda i=i: results.__setitem__(str(i), c.pre_write_backup(f"r{i}").run_id))
-            for i in range(8)
-        ]
+
+        def backup(i: int) -> None:
+            results[str(i)] = c.pre_write_backup(f"r{i}").run_id
+
+        threads = [threading.Thread(target=backup, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:

@@ -14,15 +14,16 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, watch};
 
-use cutter_core::Error;
 use cutter_core::backup::{self, Cancel, Producer};
 use cutter_core::config::Config;
 use cutter_core::manifest::Manifest;
 use cutter_core::runid::RunId;
-use cutter_core::selftest::{self, Report};
+use cutter_core::selftest::{self, Ready, Report};
 use cutter_core::setup::{Setup, shown_key};
 use cutter_core::store::Store;
+use cutter_core::{Error, ErrorKind};
 
+use crate::admin::{self, Admin};
 use crate::notify;
 
 /// A finished backup: its manifest, whether it already existed, and the
@@ -73,11 +74,12 @@ pub struct Daemon {
     /// When the daemon started.
     pub started: Instant,
     producer: Producer,
+    admin: Admin,
 }
 
 impl Daemon {
     /// Wraps a loaded setup.
-    pub fn new(config_path: PathBuf, setup: Setup) -> Self {
+    pub fn new(config_path: PathBuf, setup: Setup, admin: Admin) -> Self {
         let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
         Self {
             config_path,
@@ -88,6 +90,7 @@ impl Daemon {
             stopping: AtomicBool::new(false),
             cancel: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
+            admin,
             producer: Producer(format!(
                 "cutter-backupd {} ({})",
                 cutter_backup::VERSION,
@@ -130,8 +133,21 @@ impl Daemon {
     /// The one-line STATUS text, from a fresh selftest.
     pub async fn summary(&self) -> String {
         let setup = self.setup();
-        let (report, _) = selftest::run(&setup).await;
+        let (report, _) = self.selftest(&setup).await;
         summarize(&setup, &report)
+    }
+
+    /// Runs every check against `setup` and reports the verdict (health,
+    /// STATUS, metrics, journal). Every selftest goes through here.
+    pub async fn selftest(&self, setup: &Setup) -> (Report, Option<Ready>) {
+        let (report, ready) = selftest::run(setup).await;
+        self.admin.selftest_done(setup, &report).await;
+        (report, ready)
+    }
+
+    /// The reporting surface.
+    pub fn admin(&self) -> &Admin {
+        &self.admin
     }
 
     /// Backups currently running.
@@ -173,7 +189,9 @@ impl Daemon {
                     self.running.fetch_add(1, Ordering::SeqCst);
                     let me = Arc::clone(self);
                     tokio::spawn(async move {
+                        let started = Instant::now();
                         let outcome = me.run_backup(&run_id, &progress).await.map_err(Arc::new);
+                        me.record(&outcome, started);
                         let _ = tx.send(Some(outcome));
                         me.flights
                             .lock()
@@ -196,6 +214,26 @@ impl Daemon {
         }
     }
 
+    fn record(&self, outcome: &Outcome, started: Instant) {
+        let (kind, size) = match outcome {
+            Ok(d) if d.reused => (admin::Outcome::Reused, d.manifest.size_bytes),
+            Ok(d) => (admin::Outcome::Complete, d.manifest.size_bytes),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::FailedPrecondition
+                        | ErrorKind::AlreadyExists
+                        | ErrorKind::Unavailable
+                ) =>
+            {
+                (admin::Outcome::Refused, 0)
+            }
+            Err(_) => (admin::Outcome::Failed, 0),
+        };
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.admin.backup_done(&self.setup(), kind, size, ms);
+    }
+
     /// The backups running now, for Status (and cutterctl's progress line).
     pub fn running_backups(&self) -> Vec<Running> {
         let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
@@ -214,10 +252,10 @@ impl Daemon {
     async fn run_backup(&self, id: &RunId, progress: &Arc<AtomicU64>) -> Result<Done, Error> {
         let run_id = id.as_str();
         let setup = self.setup();
-        let (report, ready) = selftest::run(&setup).await;
+        let (report, ready) = self.selftest(&setup).await;
         let Some(ready) = ready else {
             let e = report.refusal();
-            tracing::warn!(run_id, error = %e, "backup refused");
+            tracing::warn!(run_id, error = %e, "backup refused run_id={run_id}: {e}");
             return Err(e);
         };
         let existing = {
@@ -227,10 +265,15 @@ impl Daemon {
                 .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?
         };
         if let Err(e) = &existing {
-            tracing::warn!(run_id, error = %e, "refused to reuse or overwrite what stands under the run's names");
+            tracing::warn!(run_id, error = %e, "backup refused run_id={run_id}: {e}");
         }
         if let Some(m) = existing? {
-            tracing::info!(run_id, sha256 = %m.sha256, "returning the existing complete artifact");
+            tracing::info!(
+                run_id,
+                sha256 = %m.sha256,
+                "returning the existing complete artifact run_id={run_id} sha256={}",
+                m.sha256
+            );
             return Ok(Done {
                 run_id: id.clone(),
                 signer_fpr: ready.signer().fingerprint(),
@@ -244,13 +287,17 @@ impl Daemon {
         let started = Instant::now();
         match backup::take(&setup, &ready, id, &self.producer, &self.cancel, progress).await {
             Ok(m) => {
+                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(
                     run_id,
                     sha256 = %m.sha256,
                     size_bytes = m.size_bytes,
                     rows = m.total_rows(),
-                    duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "backup complete"
+                    duration_ms,
+                    "backup complete run_id={run_id} size={} sha256={} rows={} duration_ms={duration_ms}",
+                    m.size_bytes,
+                    m.sha256,
+                    m.total_rows()
                 );
                 Ok(Done {
                     run_id: id.clone(),
@@ -261,7 +308,11 @@ impl Daemon {
                 })
             }
             Err(e) => {
-                tracing::error!(run_id, error = %e, "backup failed; nothing was left behind");
+                tracing::error!(
+                    run_id,
+                    error = %e,
+                    "backup failed run_id={run_id}: {e}; nothing was left behind"
+                );
                 Err(e)
             }
         }

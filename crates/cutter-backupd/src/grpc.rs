@@ -8,10 +8,10 @@ use tonic::{Request, Response, Status};
 
 use cutter_backup::v1::backup_service_server::BackupService;
 use cutter_backup::v1::{
-    BackupEnvelope, Check, GetSignerRequest, LastBackup, ListReply, ListRequest, PinReply,
-    PinRequest, PreWriteBackupRequest, PruneReply, PruneRequest, RunningBackup, SelftestReport,
-    SelftestRequest, SignerInfo, StatusReport, StatusRequest, TableCount, VerifyReply,
-    VerifyRequest, check,
+    BackupEnvelope, Check, GetSignerRequest, LastBackup, ListReply, ListRequest, MetricsReply,
+    MetricsRequest, PinReply, PinRequest, PreWriteBackupRequest, PruneReply, PruneRequest,
+    RunningBackup, SelftestReport, SelftestRequest, SignerInfo, StatusReport, StatusRequest,
+    TableCount, VerifyReply, VerifyRequest, check,
 };
 use cutter_core::selftest;
 use cutter_core::setup::KeyResolution;
@@ -53,7 +53,7 @@ impl BackupService for Service {
         &self,
         _req: Request<SelftestRequest>,
     ) -> Result<Response<SelftestReport>, Status> {
-        let (report, _) = selftest::run(&self.0.setup()).await;
+        let (report, _) = self.0.selftest(&self.0.setup()).await;
         Ok(Response::new(SelftestReport {
             passed: report.passed(),
             checks: report.checks.iter().map(to_check).collect(),
@@ -71,7 +71,7 @@ impl BackupService for Service {
             }));
         }
         let setup = self.0.setup();
-        let (report, _) = selftest::run(&setup).await;
+        let (report, _) = self.0.selftest(&setup).await;
         let store = setup.store.clone();
         let entries = tokio::task::spawn_blocking(move || store.list())
             .await
@@ -156,6 +156,15 @@ impl BackupService for Service {
         ops::blocking(move || ops::pin(&store, &r.run_id, r.pinned, &r.note))
             .await
             .map(|()| Response::new(PinReply {}))
+    }
+
+    async fn metrics(
+        &self,
+        _req: Request<MetricsRequest>,
+    ) -> Result<Response<MetricsReply>, Status> {
+        Ok(Response::new(MetricsReply {
+            text: self.0.admin().render(),
+        }))
     }
 
     async fn get_signer(

@@ -13,7 +13,12 @@ pub fn init() {
         && let Ok(journald) = tracing_journald::layer()
     {
         registry
-            .with(journald.with_syslog_identifier("cutter-backupd".into()))
+            .with(
+                journald
+                    .with_syslog_identifier("cutter-backupd".into())
+                    // RUN_ID=…, SHA256=…: `journalctl -u cutter-backupd RUN_ID=x` works.
+                    .with_field_prefix(None),
+            )
             .init();
         return;
     }

@@ -3,6 +3,7 @@
 //!
 //! args → config → logging → runtime → run → exit code.
 
+mod admin;
 mod daemon;
 mod grpc;
 mod listener;

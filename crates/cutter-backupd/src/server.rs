@@ -16,6 +16,7 @@ use cutter_core::runid::RunId;
 use cutter_core::setup::{Setup, shown_key};
 use cutter_core::verify;
 
+use crate::admin::Admin;
 use crate::daemon::Daemon;
 use crate::grpc::Service;
 use crate::{listener, notify, peer, signals::Signals};
@@ -61,9 +62,11 @@ pub async fn run(
         shown_key(&setup.key),
         setup.tables.len()
     );
-    let daemon = Arc::new(Daemon::new(config_path, setup));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let admin = Admin::new(health).await;
+    let daemon = Arc::new(Daemon::new(config_path, setup, admin));
     notify::ready(&status);
-    spawn_first_selftest(&daemon);
+    spawn_selftest_timer(&daemon);
     spawn_reloader(&daemon, hup);
     spawn_watchdog(&daemon);
 
@@ -79,14 +82,24 @@ pub async fn run(
     let max_connections = daemon.setup().config.server.max_connections;
     let service = BackupServiceServer::new(Service(Arc::clone(&daemon)))
         .max_decoding_message_size(MAX_REQUEST);
-    let authorized = {
-        let d = Arc::clone(&daemon);
-        InterceptedService::new(service, move |req: tonic::Request<()>| {
-            peer::authorize(&req, &d.setup().config.server.allowed_uids).map(|()| req)
-        })
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cutter_backup::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    // Every service sits behind the same peer check.
+    let auth = authorizer(Arc::clone(&daemon));
     tonic::transport::Server::builder()
-        .add_service(authorized)
+        .add_service(InterceptedService::new(service, auth.clone()))
+        .add_service(InterceptedService::new(health_service, auth.clone()))
+        .add_service(InterceptedService::new(
+            reflection().build_v1().context("reflection")?,
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            reflection().build_v1alpha().context("reflection")?,
+            auth,
+        ))
         .serve_with_incoming_shutdown(listener::incoming(listener, max_connections), stop)
         .await
         .context("serving gRPC")?;
@@ -102,12 +115,28 @@ pub async fn run(
     Ok(())
 }
 
-fn spawn_first_selftest(daemon: &Arc<Daemon>) {
+/// The peer check every service runs on a request's headers, before its
+/// body is read.
+fn authorizer(
+    d: Arc<Daemon>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req| peer::authorize(&req, &d.setup().config.server.allowed_uids).map(|()| req)
+}
+
+/// Selftest at start and then every `server.selftest_interval_secs` (read
+/// anew each round, so a reload changes it): health, STATUS and metrics
+/// follow the host while the daemon is idle.
+fn spawn_selftest_timer(daemon: &Arc<Daemon>) {
     let d = Arc::clone(daemon);
     tokio::spawn(async move {
         let summary = d.summary().await;
-        tracing::info!(status = %summary, "first selftest");
-        notify::status(&summary);
+        tracing::info!(status = %summary, "first selftest: {summary}");
+        loop {
+            let every = d.setup().config.server.selftest_interval_secs;
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            let setup = d.setup();
+            d.selftest(&setup).await;
+        }
     });
 }
 

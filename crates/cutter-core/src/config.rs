@@ -42,6 +42,18 @@ pub struct Config {
     /// `[restore]`.
     #[serde(default)]
     pub restore: RestoreConfig,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus text format for node_exporter's textfile collector.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Written atomically after every selftest and backup (off when unset),
+    /// e.g. `/var/lib/prometheus/node-exporter/cutter_backup.prom`.
+    pub textfile: Option<PathBuf>,
 }
 
 /// `[signer]`: the daemon's manifest signing key.
@@ -121,6 +133,10 @@ pub struct ServerConfig {
     /// Connections open at once; one more is closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Selftest runs on this timer too, so health, STATUS and metrics
+    /// notice a revoked grant or an expiring key while the daemon is idle.
+    #[serde(default = "default_selftest_interval")]
+    pub selftest_interval_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +146,7 @@ impl Default for ServerConfig {
             allowed_uids: default_allowed_uids(),
             stop_grace_secs: default_stop_grace(),
             max_connections: default_max_connections(),
+            selftest_interval_secs: default_selftest_interval(),
         }
     }
 }
@@ -246,6 +263,9 @@ fn default_allowed_uids() -> Vec<u32> {
 fn default_stop_grace() -> u64 {
     60
 }
+fn default_selftest_interval() -> u64 {
+    60
+}
 fn default_max_connections() -> usize {
     64
 }
@@ -345,6 +365,9 @@ impl Config {
         }
         if self.backup.max_concurrent == 0 {
             return Err("backup.max_concurrent must be at least 1".into());
+        }
+        if self.server.selftest_interval_secs == 0 {
+            return Err("server.selftest_interval_secs must be at least 1".into());
         }
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());

@@ -53,6 +53,10 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Set when the database could not be reached (maps to UNAVAILABLE).
     pub db_unavailable: bool,
+    /// When encryption to the configured key stops working, if known.
+    pub key_expires_at: Option<SystemTime>,
+    /// Free bytes in `backup.dir` and what a backup needs (estimate + margin).
+    pub space: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -244,6 +248,7 @@ fn check_key(setup: &Setup, now: SystemTime, report: &mut Report) -> Option<Usab
     };
     match usable(loaded, now) {
         Ok(k) => {
+            report.key_expires_at = k.expires_at;
             let expiry = k.expires_at.map(rfc3339).unwrap_or_else(|| "never".into());
             if k.expires_soon(now) {
                 report.push(
@@ -614,6 +619,7 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
     };
     let margin = setup.config.backup.free_space_margin_mib * 1024 * 1024;
     let need = estimate.unwrap_or(0) + margin;
+    report.space = Some((free, need));
     if free < need {
         return fail(
             report,

@@ -84,6 +84,9 @@ enum Command {
         /// The run.
         run_id: String,
     },
+    /// The daemon's metrics in the Prometheus text format (what
+    /// metrics.textfile holds); check them with `promtool check metrics`.
+    Metrics,
     /// The daemon's manifest signing key.
     #[command(subcommand)]
     Signer(SignerCommand),
@@ -183,6 +186,13 @@ async fn run(args: Args) -> ExitCode {
                 .await
                 .map(|r| output::verify(&r.into_inner(), args.json))
         }
+        Command::Metrics => client
+            .metrics(cutter_backup::v1::MetricsRequest {})
+            .await
+            .map(|r| {
+                print!("{}", r.into_inner().text);
+                ExitCode::SUCCESS
+            }),
         Command::Signer(SignerCommand::Export) => client
             .get_signer(cutter_backup::v1::GetSignerRequest {})
             .await

@@ -47,6 +47,9 @@ pub struct DaemonConfig {
     pub env: Vec<(String, String)>,
     /// Run the daemon as this uid (and gid) instead of the test's.
     pub run_as: Option<(u32, u32)>,
+    /// A command line the daemon runs under (e.g. `unshare -m sh wrapper`),
+    /// which must end by exec'ing its arguments.
+    pub wrap: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -144,6 +147,11 @@ impl Daemon {
                 c.arg("-c")
                     .arg("exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
                     .arg(&bin);
+                c
+            }
+            None if !cfg.wrap.is_empty() => {
+                let mut c = Command::new(&cfg.wrap[0]);
+                c.args(&cfg.wrap[1..]).arg(&bin);
                 c
             }
             None => Command::new(&bin),

@@ -66,6 +66,7 @@ impl World {
             tail: String::new(),
             env: Vec::new(),
             run_as: None,
+            wrap: Vec::new(),
         }
     }
 

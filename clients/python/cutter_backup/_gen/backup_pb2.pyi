@@ -266,3 +266,13 @@ class SignerInfo(_message.Message):
     fingerprint: str
     cert_armored: str
     def __init__(self, fingerprint: _Optional[str] = ..., cert_armored: _Optional[str] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MetricsReply(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...

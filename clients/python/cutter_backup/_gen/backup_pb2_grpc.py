@@ -74,6 +74,11 @@ class BackupServiceStub:
                 request_serializer=cutter_dot_backup_dot_v1_dot_backup__pb2.GetSignerRequest.SerializeToString,
                 response_deserializer=cutter_dot_backup_dot_v1_dot_backup__pb2.SignerInfo.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/cutter.backup.v1.BackupService/Metrics',
+                request_serializer=cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsReply.FromString,
+                _registered_method=True)
 
 
 class BackupServiceServicer:
@@ -140,6 +145,14 @@ class BackupServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """The daemon's metrics in the Prometheus text format (what
+        metrics.textfile holds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackupServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +195,11 @@ def add_BackupServiceServicer_to_server(servicer, server):
                     servicer.GetSigner,
                     request_deserializer=cutter_dot_backup_dot_v1_dot_backup__pb2.GetSignerRequest.FromString,
                     response_serializer=cutter_dot_backup_dot_v1_dot_backup__pb2.SignerInfo.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsRequest.FromString,
+                    response_serializer=cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +418,33 @@ class BackupService:
             '/cutter.backup.v1.BackupService/GetSigner',
             cutter_dot_backup_dot_v1_dot_backup__pb2.GetSignerRequest.SerializeToString,
             cutter_dot_backup_dot_v1_dot_backup__pb2.SignerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutter.backup.v1.BackupService/Metrics',
+            cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsRequest.SerializeToString,
+            cutter_dot_backup_dot_v1_dot_backup__pb2.MetricsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,356 @@
+//! Everything that reports the daemon's state, fed from one place: every
+//! selftest (timed, requested, or before a backup) and every finished backup
+//! goes through [`Admin`], which updates the gRPC health status, systemd's
+//! STATUS, the journal (on a change of verdict) and the Prometheus metrics
+//! (served by the `Metrics` RPC and written to `metrics.textfile`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use cutter_core::selftest::{Report, Status as CheckStatus};
+use cutter_core::setup::Setup;
+
+use crate::daemon::summarize;
+use crate::notify;
+
+/// How a backup call ended, as counted in `cutter_backup_backups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// A new artifact was written.
+    Complete,
+    /// An existing, verifying artifact was returned.
+    Reused,
+    /// A selftest check FAILed, or the run_id's files could not be returned.
+    Refused,
+    /// pg_dump, encryption or the disk failed.
+    Failed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::Reused => "reused",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What the last selftest found.
+#[derive(Debug, Clone, Default)]
+struct Selftest {
+    at: f64,
+    passed: bool,
+    checks: Vec<(&'static str, CheckStatus)>,
+    key_expires_at: Option<f64>,
+    space: Option<(u64, u64)>,
+    artifacts: (u64, u64),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    selftest: Option<Selftest>,
+    backups: BTreeMap<Outcome, u64>,
+    last_attempt: Option<f64>,
+    /// (completed at, duration seconds, size bytes)
+    last_success: Option<(f64, f64, u64)>,
+}
+
+/// The daemon's reporting surface.
+pub struct Admin {
+    health: HealthReporter,
+    state: Mutex<State>,
+}
+
+fn seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Admin {
+    /// Starts NOT_SERVING until the first selftest passes.
+    pub async fn new(health: HealthReporter) -> Self {
+        for service in ["", cutter_backup::SERVICE_NAME] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        Self {
+            health,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A selftest finished: health, STATUS, journal, metrics.
+    pub async fn selftest_done(&self, setup: &Setup, report: &Report) {
+        let passed = report.passed();
+        let artifacts = setup.store.list().map_or((0, 0), |entries| {
+            let count = entries.len() as u64;
+            (count, entries.iter().map(|e| e.size_bytes).sum())
+        });
+        let changed = {
+            let mut st = self.state();
+            let before = st.selftest.as_ref().map(|s| s.passed);
+            st.selftest = Some(Selftest {
+                at: seconds(SystemTime::now()),
+                passed,
+                checks: report.checks.iter().map(|c| (c.name, c.status)).collect(),
+                key_expires_at: report.key_expires_at.map(seconds),
+                space: report.space,
+                artifacts,
+            });
+            before != Some(passed)
+        };
+        let status = if passed {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", cutter_backup::SERVICE_NAME] {
+            self.health.set_service_status(service, status).await;
+        }
+        notify::status(&summarize(setup, report));
+        let failing: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.name)
+            .collect();
+        if passed && changed {
+            tracing::info!("selftest PASS");
+        } else if !passed && changed {
+            tracing::warn!(check = %failing.join(","), "selftest FAIL: {}", report.failures());
+        } else {
+            tracing::debug!(passed, "selftest");
+        }
+        self.write_textfile(setup);
+    }
+
+    /// A backup call ended.
+    pub fn backup_done(&self, setup: &Setup, outcome: Outcome, size_bytes: u64, duration_ms: u64) {
+        {
+            let mut st = self.state();
+            let now = seconds(SystemTime::now());
+            *st.backups.entry(outcome).or_default() += 1;
+            st.last_attempt = Some(now);
+            if outcome == Outcome::Complete {
+                st.last_success = Some((now, duration_ms as f64 / 1000.0, size_bytes));
+            }
+        }
+        self.write_textfile(setup);
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let st = self.state();
+        let mut m = Metrics::default();
+        m.gauge(
+            "cutter_backup_build_info",
+            "Version and source commit of the running daemon.",
+            &[(
+                &[
+                    ("version", cutter_backup::VERSION),
+                    ("commit", cutter_backup::SOURCE_COMMIT),
+                ][..],
+                1.0,
+            )],
+        );
+        m.counter(
+            "cutter_backup_backups_total",
+            "PreWriteBackup calls by result (complete, reused, refused, failed).",
+            &[
+                Outcome::Complete,
+                Outcome::Reused,
+                Outcome::Refused,
+                Outcome::Failed,
+            ]
+            .map(|o| {
+                (
+                    [("result", o.label())],
+                    st.backups.get(&o).copied().unwrap_or(0) as f64,
+                )
+            }),
+        );
+        if let Some(t) = st.last_attempt {
+            m.single(
+                "cutter_backup_last_attempt_timestamp_seconds",
+                "When a PreWriteBackup call last ended, whatever its result.",
+                t,
+            );
+        }
+        if let Some((at, duration, size)) = st.last_success {
+            m.single(
+                "cutter_backup_last_success_timestamp_seconds",
+                "When the last new backup completed.",
+                at,
+            );
+            m.single(
+                "cutter_backup_last_duration_seconds",
+                "Wall time of the last new backup.",
+                duration,
+            );
+            m.single(
+                "cutter_backup_last_size_bytes",
+                "Artifact size of the last new backup.",
+                size as f64,
+            );
+        }
+        if let Some(s) = &st.selftest {
+            m.single(
+                "cutter_backup_selftest_passed",
+                "1 when the last selftest passed (backups would be taken), else 0.",
+                f64::from(u8::from(s.passed)),
+            );
+            m.single(
+                "cutter_backup_selftest_timestamp_seconds",
+                "When the last selftest ran.",
+                s.at,
+            );
+            let checks: Vec<([(&str, &str); 1], f64)> = s
+                .checks
+                .iter()
+                .map(|(name, status)| {
+                    (
+                        [("check", *name)],
+                        f64::from(u8::from(*status != CheckStatus::Fail)),
+                    )
+                })
+                .collect();
+            m.gauge(
+                "cutter_backup_check_passed",
+                "1 when the selftest check passed or warned, 0 when it failed.",
+                &checks,
+            );
+            m.single(
+                "cutter_backup_artifacts",
+                "Artifacts in backup.dir.",
+                s.artifacts.0 as f64,
+            );
+            m.single(
+                "cutter_backup_artifact_bytes",
+                "Bytes of artifacts in backup.dir.",
+                s.artifacts.1 as f64,
+            );
+            if let Some(t) = s.key_expires_at {
+                m.single(
+                    "cutter_backup_key_expiry_timestamp_seconds",
+                    "When encryption to the configured key stops working.",
+                    t,
+                );
+            }
+            if let Some((free, need)) = s.space {
+                m.single(
+                    "cutter_backup_disk_free_bytes",
+                    "Free bytes on the file system of backup.dir.",
+                    free as f64,
+                );
+                m.single(
+                    "cutter_backup_disk_required_bytes",
+                    "Bytes a backup needs there: the estimated dump plus backup.free_space_margin_mib.",
+                    need as f64,
+                );
+            }
+        }
+        m.0
+    }
+
+    /// Writes the metrics to `metrics.textfile` (temp file and rename, so
+    /// node_exporter never reads half a file); failures are logged.
+    fn write_textfile(&self, setup: &Setup) {
+        let Some(path) = &setup.config.metrics.textfile else {
+            return;
+        };
+        if let Err(e) = write_atomically(path, self.render().as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write metrics.textfile");
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cutter_backup.prom.")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // node_exporter runs as another user: the metrics are not secret.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A Prometheus text exposition being written.
+#[derive(Default)]
+struct Metrics(String);
+
+impl Metrics {
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn samples<L: AsRef<[(&'static str, &'static str)]>>(
+        &mut self,
+        name: &str,
+        samples: &[(L, f64)],
+    ) {
+        for (labels, value) in samples {
+            let labels: Vec<String> = labels
+                .as_ref()
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(self.0, "{name} {value}");
+            } else {
+                let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+            }
+        }
+    }
+
+    fn single(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        self.samples::<[(&str, &str); 0]>(name, &[([], value)]);
+    }
+
+    fn gauge<L: AsRef<[(&'static str, &'static str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.header(name, help, "gauge");
+        self.samples(name, samples);
+    }
+
+    fn counter<L: AsRef<[(&'static str, &'static str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.header(name, help, "counter");
+        self.samples(name, samples);
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
