@@ -10,13 +10,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptors feed gRPC server reflection (grpcurl list/describe).
     let descriptors =
         std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("cutter_descriptor.bin");
-    tonic_prost_build::configure()
+    // `--json` output is the generated types themselves (serde), so a field
+    // added to the contract cannot be left out of it; enums print as the
+    // lower-case names the text output uses.
+    let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(descriptors)
-        .compile_with_config(
-            prost_config,
-            &["proto/cutter/backup/v1/backup.proto"],
-            &["proto"],
-        )?;
+        .type_attribute(".cutter.backup.v1", "#[derive(serde::Serialize)]");
+    for (field, with) in [
+        ("cutter.backup.v1.Check.status", "check_status"),
+        (
+            "cutter.backup.v1.ArtifactInfo.artifact_state",
+            "artifact_state",
+        ),
+        (
+            "cutter.backup.v1.PruneDecision.prune_action",
+            "prune_action",
+        ),
+    ] {
+        builder = builder.field_attribute(
+            field,
+            format!("#[serde(serialize_with = \"crate::json::{with}\")]"),
+        );
+    }
+    builder.compile_with_config(
+        prost_config,
+        &["proto/cutter/backup/v1/backup.proto"],
+        &["proto"],
+    )?;
     println!("cargo:rerun-if-changed=proto");
 
     let commit = std::env::var("CUTTER_SOURCE_COMMIT").ok().or_else(|| {

@@ -2,6 +2,8 @@
 //! client and server, a client constructor for the daemon's Unix socket, and
 //! the version facts every binary reports.
 
+pub mod json;
+
 /// `cutter.backup.v1`, generated from `proto/cutter/backup/v1/backup.proto`.
 #[allow(missing_docs)] // generated code carries the proto's own comments
 pub mod v1 {

@@ -112,6 +112,7 @@ fn verify_list_and_a_flipped_byte() {
         .find(|a| a["run_id"] == "good")
         .expect("good listed");
     assert_eq!(good["state"], "complete");
+    assert_eq!(good["artifact_state"], "complete");
     assert_eq!(good["key_fprs"][0], fpr.as_str());
     assert!(good["total_rows"].as_u64().unwrap_or(0) > 5000);
     let out = daemon.ctl(&["list"]);
@@ -226,7 +227,10 @@ fn prune_dry_run_changes_nothing_and_confirm_respects_pins() {
         .as_array()
         .expect("decisions")
         .iter()
-        .map(|d| format!("{} {} {}", d["run_id"], d["action"], d["reason"]))
+        .map(|d| {
+            assert_eq!(d["action"], d["prune_action"], "{d}");
+            format!("{} {} {}", d["run_id"], d["prune_action"], d["reason"])
+        })
         .collect();
     assert!(
         reasons

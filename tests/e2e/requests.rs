@@ -327,6 +327,19 @@ async fn cutterctl_selftest_status_and_backup() {
     assert_eq!(st["last_backup"]["run_id"], "ctl-run");
     assert_eq!(st["artifact_count"], 1);
     assert_eq!(st["tables_in_scope"], 9);
+    // --json is the contract's own type: fields text mode lacks are there too.
+    assert!(st["running"].is_array(), "{st}");
+    assert_eq!(st["signer_fpr"].as_str().map(str::len), Some(40), "{st}");
+    let out = daemon.ctl(&["selftest", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("selftest json");
+    assert!(
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["status"] == "PASS" || c["status"] == "WARN"),
+        "{report}"
+    );
     assert!(
         st["key_expires_at"]
             .as_str()
@@ -384,4 +397,30 @@ fn backup_progress_on_a_terminal_and_silence_otherwise() {
     let env: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is only the envelope");
     assert_eq!(env["run_id"], "piped");
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("unused.sock");
+    let out = ctl(&sock, &["generate", "completions", "bash"]);
+    assert!(out.status.success());
+    let bash = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        bash.contains("_cutterctl()") && bash.contains("restore"),
+        "{bash}"
+    );
+    let out = ctl(&sock, &["generate", "man"]);
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.contains(".TH cutterctl") && man.contains("selftest"),
+        "{man}"
+    );
+    let out = std::process::Command::new(crate::harness::proc::workspace_bin("cutter-backupd"))
+        .arg("--print-man")
+        .output()
+        .expect("daemon");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH cutter-backupd"));
 }

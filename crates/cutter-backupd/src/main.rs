@@ -37,12 +37,25 @@ struct Args {
     /// ExecReload, which works where /bin/kill is not installed.
     #[arg(long, value_name = "PID")]
     signal_reload: Option<i32>,
+    /// Print the man page (roff) and exit: for packaging.
+    #[arg(long, hide = true)]
+    print_man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(pid) = args.signal_reload {
         return signals::send_reload(pid);
+    }
+    if args.print_man {
+        use clap::CommandFactory;
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cutter-backupd: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
     }
     logging::init();
     let config = match Config::load(&args.config) {

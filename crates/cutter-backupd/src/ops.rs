@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use tonic::Status;
 
 use cutter_backup::v1::{
-    ArtifactInfo, ListReply, PruneDecision, PruneReply, VerifyReply, VerifyResult,
+    ArtifactInfo, ArtifactState, ListReply, PruneAction, PruneDecision, PruneReply, VerifyReply,
+    VerifyResult,
 };
 use cutter_core::manifest::Manifest;
 use cutter_core::retention::{self, Action, Policy};
@@ -74,6 +75,9 @@ pub fn list(store: &Store, signers: &[Cert]) -> Result<ListReply, Status> {
     Ok(ListReply { artifacts })
 }
 
+// `state` is the deprecated string twin of `artifact_state`, filled for one
+// more version.
+#[allow(deprecated)]
 fn info(e: &Entry, signers: &[Cert]) -> ArtifactInfo {
     let base = ArtifactInfo {
         run_id: e.run_id.to_string(),
@@ -85,36 +89,45 @@ fn info(e: &Entry, signers: &[Cert]) -> ArtifactInfo {
         ManifestState::Present(signed) => {
             let m = &signed.manifest;
             let (state, detail) = if let Err(why) = authentic(e, signers) {
-                ("corrupt", why)
+                (ArtifactState::Corrupt, why)
             } else if e.size_bytes != m.size_bytes {
                 (
-                    "corrupt",
+                    ArtifactState::Corrupt,
                     format!("{} bytes, manifest says {}", e.size_bytes, m.size_bytes),
                 )
             } else {
-                ("complete", String::new())
+                (ArtifactState::Complete, String::new())
             };
             ArtifactInfo {
                 created_at: m.created_at.clone(),
                 sha256: m.sha256.clone(),
                 key_fprs: m.recipients.iter().map(|r| r.fingerprint.clone()).collect(),
                 total_rows: m.total_rows(),
-                state: state.to_owned(),
+                state: state_word(state),
+                artifact_state: state.into(),
                 detail,
                 ..base
             }
         }
         ManifestState::Missing => ArtifactInfo {
-            state: "orphan".to_owned(),
+            state: state_word(ArtifactState::Orphan),
+            artifact_state: ArtifactState::Orphan.into(),
             detail: "no manifest".to_owned(),
             ..base
         },
         ManifestState::Bad(why) => ArtifactInfo {
-            state: "corrupt".to_owned(),
+            state: state_word(ArtifactState::Corrupt),
+            artifact_state: ArtifactState::Corrupt.into(),
             detail: why.clone(),
             ..base
         },
     }
+}
+
+fn state_word(s: ArtifactState) -> String {
+    s.as_str_name()
+        .trim_start_matches("ARTIFACT_STATE_")
+        .to_ascii_lowercase()
 }
 
 /// Verifies one run or all of them.
@@ -160,6 +173,8 @@ pub fn verify(
 }
 
 /// Plans retention and, when `confirm`, deletes.
+// `action` is the deprecated string twin of `prune_action`.
+#[allow(deprecated)]
 pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
     let policy = Policy {
         keep_last: setup.config.retention.keep_last,
@@ -190,6 +205,12 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
                     Action::Leave => "leave",
                 }
                 .to_owned(),
+                prune_action: match d.action {
+                    Action::Keep => PruneAction::Keep,
+                    Action::Delete => PruneAction::Delete,
+                    Action::Leave => PruneAction::Leave,
+                }
+                .into(),
                 reason: d.reason,
                 size_bytes: d.size_bytes,
             })

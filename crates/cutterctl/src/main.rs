@@ -94,6 +94,20 @@ enum Command {
     /// database (never the live one), then compare row counts with the
     /// manifest. Works without the daemon.
     Restore(restore::Restore),
+    /// Shell completions or the man page, for packaging and deploy steps.
+    #[command(subcommand, hide = true)]
+    Generate(Generate),
+}
+
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// Completions for bash, zsh, fish, elvish or powershell on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on stdout.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +115,25 @@ enum SignerCommand {
     /// Print the public cert manifests are signed with (armored): save it
     /// and pin it with --signer FILE or restore.trusted_signers.
     Export,
+}
+
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cmd = Args::command();
+    let mut out = std::io::stdout();
+    match what {
+        Generate::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "cutterctl", &mut out);
+            ExitCode::SUCCESS
+        }
+        Generate::Man => match clap_mangen::Man::new(cmd).render(&mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cutterctl: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -119,6 +152,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    if let Command::Generate(what) = args.command {
+        return generate(&what);
+    }
     if let Command::Restore(r) = args.command {
         return match tokio::task::spawn_blocking(move || restore::run(&r)).await {
             Ok(Ok(true)) => ExitCode::SUCCESS,
@@ -217,7 +253,7 @@ async fn run(args: Args) -> ExitCode {
             })
             .await
             .map(|_| ExitCode::SUCCESS),
-        Command::Restore(_) => unreachable!("handled above"),
+        Command::Restore(_) | Command::Generate(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,

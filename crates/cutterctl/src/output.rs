@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use cutter_backup::v1::{
-    BackupEnvelope, ListReply, PruneReply, SelftestReport, SignerInfo, StatusReport, VerifyReply,
-    check,
+    BackupEnvelope, ListReply, PruneAction, PruneReply, SelftestReport, SignerInfo, StatusReport,
+    VerifyReply, check,
 };
 use serde_json::json;
 
@@ -30,12 +30,7 @@ fn exit(ok: bool) -> ExitCode {
 /// `SELFTEST: PASS|FAIL`, then one line per check.
 pub fn selftest(r: &SelftestReport, as_json: bool) -> ExitCode {
     if as_json {
-        let checks: Vec<_> = r
-            .checks
-            .iter()
-            .map(|c| json!({"name": c.name, "status": status_word(c.status), "detail": c.detail}))
-            .collect();
-        println!("{}", json!({"passed": r.passed, "checks": checks}));
+        print_json(r);
     } else {
         println!("SELFTEST: {}", if r.passed { "PASS" } else { "FAIL" });
         for c in &r.checks {
@@ -53,31 +48,7 @@ pub fn selftest(r: &SelftestReport, as_json: bool) -> ExitCode {
 /// The daemon's status.
 pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
     if as_json {
-        println!(
-            "{}",
-            json!({
-                "version": s.version,
-                "source_commit": s.source_commit,
-                "uptime_seconds": s.uptime_seconds,
-                "ready": s.ready,
-                "summary": s.summary,
-                "key_fpr_tail": s.key_fpr_tail,
-                "key_expires_at": s.key_expires_at,
-                "last_backup": s.last_backup.as_ref().map(|b| json!({
-                    "run_id": b.run_id, "created_at": b.created_at,
-                    "size_bytes": b.size_bytes, "sha256": b.sha256,
-                })),
-                "artifact_count": s.artifact_count,
-                "artifact_bytes": s.artifact_bytes,
-                "backup_dir": s.backup_dir,
-                "disk_free_bytes": s.disk_free_bytes,
-                "tables_in_scope": s.tables_in_scope,
-                "signer_fpr": s.signer_fpr,
-                "running": s.running.iter().map(|r| json!({
-                    "run_id": r.run_id, "bytes": r.bytes, "elapsed_ms": r.elapsed_ms,
-                })).collect::<Vec<_>>(),
-            })
-        );
+        print_json(s);
         return ExitCode::SUCCESS;
     }
     let commit: String = s.source_commit.chars().take(12).collect();
@@ -126,31 +97,7 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
 
 /// The envelope as JSON; non-zero when any of the four COMPLETE fields is empty.
 pub fn envelope(e: &BackupEnvelope) -> ExitCode {
-    let tables: Vec<_> = e
-        .tables
-        .iter()
-        .map(|t| json!({"table": t.table, "rows": t.rows}))
-        .collect();
-    println!(
-        "{}",
-        json!({
-            "run_id": e.run_id,
-            "sha256": e.sha256,
-            "size_bytes": e.size_bytes,
-            "gpg_fpr": e.gpg_fpr,
-            "artifact_ref": e.artifact_ref,
-            "manifest_ref": e.manifest_ref,
-            "signature_ref": e.signature_ref,
-            "signer_fpr": e.signer_fpr,
-            "created_at": e.created_at,
-            "tables": tables,
-            "recipient_fprs": e.recipient_fprs,
-            "server_version": e.server_version,
-            "pg_dump_version": e.pg_dump_version,
-            "duration_ms": e.duration_ms,
-            "reused": e.reused,
-        })
-    );
+    print_json(e);
     let missing = incomplete_fields(e);
     if missing.is_empty() {
         ExitCode::SUCCESS
@@ -184,18 +131,7 @@ pub fn incomplete_fields(e: &BackupEnvelope) -> Vec<&'static str> {
 /// The backups, newest first.
 pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
     if as_json {
-        let items: Vec<_> = r
-            .artifacts
-            .iter()
-            .map(|a| {
-                json!({
-                    "run_id": a.run_id, "created_at": a.created_at, "size_bytes": a.size_bytes,
-                    "sha256": a.sha256, "key_fprs": a.key_fprs, "total_rows": a.total_rows,
-                    "state": a.state, "pinned": a.pinned, "detail": a.detail,
-                })
-            })
-            .collect();
-        println!("{}", json!({ "artifacts": items }));
+        print_json(r);
         return ExitCode::SUCCESS;
     }
     println!(
@@ -208,11 +144,12 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
             .iter()
             .map(|f| format!("…{}", clean(f.get(32..).unwrap_or(f))))
             .collect();
+        let word = short_name(a.artifact_state().as_str_name(), "ARTIFACT_STATE_");
         let state = match (a.pinned, a.detail.is_empty()) {
-            (true, true) => format!("{} (pinned)", a.state),
-            (true, false) => format!("{} (pinned): {}", a.state, clean(&a.detail)),
-            (false, true) => a.state.clone(),
-            (false, false) => format!("{}: {}", a.state, clean(&a.detail)),
+            (true, true) => format!("{word} (pinned)"),
+            (true, false) => format!("{word} (pinned): {}", clean(&a.detail)),
+            (false, true) => word,
+            (false, false) => format!("{word}: {}", clean(&a.detail)),
         };
         println!(
             "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {state}",
@@ -230,12 +167,7 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
 /// OK / FAILED per artifact; exit 1 when any FAILED.
 pub fn verify(r: &VerifyReply, as_json: bool) -> ExitCode {
     if as_json {
-        let items: Vec<_> = r
-            .results
-            .iter()
-            .map(|v| json!({"run_id": v.run_id, "ok": v.ok, "reason": v.reason, "artifact_ref": v.artifact_ref}))
-            .collect();
-        println!("{}", json!({ "results": items }));
+        print_json(r);
     } else {
         for v in &r.results {
             if v.ok {
@@ -251,10 +183,7 @@ pub fn verify(r: &VerifyReply, as_json: bool) -> ExitCode {
 /// The signer cert, armored (or as JSON with its fingerprint).
 pub fn signer(s: &SignerInfo, as_json: bool) -> ExitCode {
     if as_json {
-        println!(
-            "{}",
-            json!({"fingerprint": s.fingerprint, "cert_armored": s.cert_armored})
-        );
+        print_json(s);
     } else {
         print!("{}", s.cert_armored);
     }
@@ -264,23 +193,15 @@ pub fn signer(s: &SignerInfo, as_json: bool) -> ExitCode {
 /// What prune did or would do.
 pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
     if as_json {
-        let items: Vec<_> = r
-            .decisions
-            .iter()
-            .map(|d| json!({"run_id": d.run_id, "action": d.action, "reason": d.reason, "size_bytes": d.size_bytes}))
-            .collect();
-        println!(
-            "{}",
-            json!({"applied": r.applied, "keep_last": r.keep_last, "keep_days": r.keep_days, "decisions": items})
-        );
+        print_json(r);
         return ExitCode::SUCCESS;
     }
     let verb = if r.applied { "deleted" } else { "would delete" };
     for d in &r.decisions {
-        let action = match (d.action.as_str(), r.applied) {
-            ("delete", true) => "DELETED",
-            ("delete", false) => "DELETE?",
-            ("keep", _) => "keep",
+        let action = match (d.prune_action(), r.applied) {
+            (PruneAction::Delete, true) => "DELETED",
+            (PruneAction::Delete, false) => "DELETE?",
+            (PruneAction::Keep, _) => "keep",
             _ => "LEAVE",
         };
         println!("{action:<8} {:<32} {}", clean(&d.run_id), clean(&d.reason));
@@ -288,10 +209,14 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
     let freed: u64 = r
         .decisions
         .iter()
-        .filter(|d| d.action == "delete")
+        .filter(|d| d.prune_action() == PruneAction::Delete)
         .map(|d| d.size_bytes)
         .sum();
-    let n = r.decisions.iter().filter(|d| d.action == "delete").count();
+    let n = r
+        .decisions
+        .iter()
+        .filter(|d| d.prune_action() == PruneAction::Delete)
+        .count();
     println!(
         "{verb} {n} backup(s), {} (keep_last = {}, keep_days = {}){}",
         human_bytes(freed),
@@ -304,6 +229,15 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
         }
     );
     ExitCode::SUCCESS
+}
+
+/// Prints a reply as JSON: the generated type itself, so every field of the
+/// contract is there.
+fn print_json<T: serde::Serialize>(reply: &T) {
+    match serde_json::to_string(reply) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("cutterctl: cannot print JSON: {e}"),
+    }
 }
 
 /// A gRPC error, with its code, on stderr (and as JSON on stdout with --json).
@@ -321,6 +255,13 @@ pub fn rpc_error(s: &tonic::Status, as_json: bool) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// `ARTIFACT_STATE_COMPLETE` → `complete`.
+fn short_name(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 /// Text from the daemon or a file as a terminal may show it: control

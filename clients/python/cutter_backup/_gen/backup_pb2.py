@@ -24,13 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63utter/backup/v1/backup.proto\x12\x10\x63utter.backup.v1\"\'\n\x15PreWriteBackupRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\")\n\nTableCount\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"\xdc\x02\n\x0e\x42\x61\x63kupEnvelope\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07gpg_fpr\x18\x04 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12,\n\x06tables\x18\x07 \x03(\x0b\x32\x1c.cutter.backup.v1.TableCount\x12\x14\n\x0cmanifest_ref\x18\x08 \x01(\t\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12\x17\n\x0fpg_dump_version\x18\n \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x0b \x01(\x04\x12\x0e\n\x06reused\x18\x0c \x01(\x08\x12\x16\n\x0erecipient_fprs\x18\r \x03(\t\x12\x15\n\rsignature_ref\x18\x0e \x01(\t\x12\x12\n\nsigner_fpr\x18\x0f \x01(\t\"\x11\n\x0fSelftestRequest\"\x95\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.cutter.backup.v1.Check.Status\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04PASS\x10\x01\x12\x08\n\x04WARN\x10\x02\x12\x08\n\x04\x46\x41IL\x10\x03\"I\n\x0eSelftestReport\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\'\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x17.cutter.backup.v1.Check\"%\n\rStatusRequest\x12\x14\n\x0crunning_only\x18\x01 \x01(\x08\"T\n\nLastBackup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x8b\x03\n\x0cStatusReport\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\rsource_commit\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x14\n\x0ckey_fpr_tail\x18\x06 \x01(\t\x12\x16\n\x0ekey_expires_at\x18\x07 \x01(\t\x12\x31\n\x0blast_backup\x18\x08 \x01(\x0b\x32\x1c.cutter.backup.v1.LastBackup\x12\x16\n\x0e\x61rtifact_count\x18\t \x01(\x04\x12\x16\n\x0e\x61rtifact_bytes\x18\n \x01(\x04\x12\x12\n\nbackup_dir\x18\x0b \x01(\t\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x17\n\x0ftables_in_scope\x18\r \x01(\r\x12\x30\n\x07running\x18\x0e \x03(\x0b\x32\x1f.cutter.backup.v1.RunningBackup\x12\x12\n\nsigner_fpr\x18\x0f \x01(\t\"B\n\rRunningBackup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x04\"\r\n\x0bListRequest\"\xab\x01\n\x0c\x41rtifactInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x10\n\x08key_fprs\x18\x05 \x03(\t\x12\x12\n\ntotal_rows\x18\x06 \x01(\x04\x12\r\n\x05state\x18\x07 \x01(\t\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\">\n\tListReply\x12\x31\n\tartifacts\x18\x01 \x03(\x0b\x32\x1e.cutter.backup.v1.ArtifactInfo\"Y\n\rVerifyRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x15\n\rexpect_sha256\x18\x03 \x01(\t\x12\x14\n\x0csigner_certs\x18\x04 \x01(\x0c\"P\n\x0cVerifyResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x04 \x01(\t\">\n\x0bVerifyReply\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.cutter.backup.v1.VerifyResult\"\x1f\n\x0cPruneRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"S\n\rPruneDecision\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"w\n\nPruneReply\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.cutter.backup.v1.PruneDecision\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tkeep_last\x18\x03 \x01(\r\x12\x11\n\tkeep_days\x18\x04 \x01(\x04\":\n\nPinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\x12\x0c\n\x04note\x18\x03 \x01(\t\"\n\n\x08PinReply\"\x12\n\x10GetSignerRequest\"7\n\nSignerInfo\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x65rt_armored\x18\x02 \x01(\t\"\x10\n\x0eMetricsRequest\"\x1c\n\x0cMetricsReply\x12\x0c\n\x04text\x18\x01 \x01(\t2\xba\x05\n\rBackupService\x12[\n\x0ePreWriteBackup\x12\'.cutter.backup.v1.PreWriteBackupRequest\x1a .cutter.backup.v1.BackupEnvelope\x12O\n\x08Selftest\x12!.cutter.backup.v1.SelftestRequest\x1a .cutter.backup.v1.SelftestReport\x12I\n\x06Status\x12\x1f.cutter.backup.v1.StatusRequest\x1a\x1e.cutter.backup.v1.StatusReport\x12\x42\n\x04List\x12\x1d.cutter.backup.v1.ListRequest\x1a\x1b.cutter.backup.v1.ListReply\x12H\n\x06Verify\x12\x1f.cutter.backup.v1.VerifyRequest\x1a\x1d.cutter.backup.v1.VerifyReply\x12\x45\n\x05Prune\x12\x1e.cutter.backup.v1.PruneRequest\x1a\x1c.cutter.backup.v1.PruneReply\x12?\n\x03Pin\x12\x1c.cutter.backup.v1.PinRequest\x1a\x1a.cutter.backup.v1.PinReply\x12M\n\tGetSigner\x12\".cutter.backup.v1.GetSignerRequest\x1a\x1c.cutter.backup.v1.SignerInfo\x12K\n\x07Metrics\x12 .cutter.backup.v1.MetricsRequest\x1a\x1e.cutter.backup.v1.MetricsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63utter/backup/v1/backup.proto\x12\x10\x63utter.backup.v1\"\'\n\x15PreWriteBackupRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\")\n\nTableCount\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"\xdc\x02\n\x0e\x42\x61\x63kupEnvelope\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07gpg_fpr\x18\x04 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12,\n\x06tables\x18\x07 \x03(\x0b\x32\x1c.cutter.backup.v1.TableCount\x12\x14\n\x0cmanifest_ref\x18\x08 \x01(\t\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12\x17\n\x0fpg_dump_version\x18\n \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x0b \x01(\x04\x12\x0e\n\x06reused\x18\x0c \x01(\x08\x12\x16\n\x0erecipient_fprs\x18\r \x03(\t\x12\x15\n\rsignature_ref\x18\x0e \x01(\t\x12\x12\n\nsigner_fpr\x18\x0f \x01(\t\"\x11\n\x0fSelftestRequest\"\x95\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.cutter.backup.v1.Check.Status\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04PASS\x10\x01\x12\x08\n\x04WARN\x10\x02\x12\x08\n\x04\x46\x41IL\x10\x03\"I\n\x0eSelftestReport\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\'\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x17.cutter.backup.v1.Check\"%\n\rStatusRequest\x12\x14\n\x0crunning_only\x18\x01 \x01(\x08\"T\n\nLastBackup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x8b\x03\n\x0cStatusReport\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x15\n\rsource_commit\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x14\n\x0ckey_fpr_tail\x18\x06 \x01(\t\x12\x16\n\x0ekey_expires_at\x18\x07 \x01(\t\x12\x31\n\x0blast_backup\x18\x08 \x01(\x0b\x32\x1c.cutter.backup.v1.LastBackup\x12\x16\n\x0e\x61rtifact_count\x18\t \x01(\x04\x12\x16\n\x0e\x61rtifact_bytes\x18\n \x01(\x04\x12\x12\n\nbackup_dir\x18\x0b \x01(\t\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x17\n\x0ftables_in_scope\x18\r \x01(\r\x12\x30\n\x07running\x18\x0e \x03(\x0b\x32\x1f.cutter.backup.v1.RunningBackup\x12\x12\n\nsigner_fpr\x18\x0f \x01(\t\"B\n\rRunningBackup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x04\"\r\n\x0bListRequest\"\xe8\x01\n\x0c\x41rtifactInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x10\n\x08key_fprs\x18\x05 \x03(\t\x12\x12\n\ntotal_rows\x18\x06 \x01(\x04\x12\x11\n\x05state\x18\x07 \x01(\tB\x02\x18\x01\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x37\n\x0e\x61rtifact_state\x18\n \x01(\x0e\x32\x1f.cutter.backup.v1.ArtifactState\">\n\tListReply\x12\x31\n\tartifacts\x18\x01 \x03(\x0b\x32\x1e.cutter.backup.v1.ArtifactInfo\"Y\n\rVerifyRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x15\n\rexpect_sha256\x18\x03 \x01(\t\x12\x14\n\x0csigner_certs\x18\x04 \x01(\x0c\"P\n\x0cVerifyResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x04 \x01(\t\">\n\x0bVerifyReply\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.cutter.backup.v1.VerifyResult\"\x1f\n\x0cPruneRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"\x8c\x01\n\rPruneDecision\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\x06\x61\x63tion\x18\x02 \x01(\tB\x02\x18\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x33\n\x0cprune_action\x18\x05 \x01(\x0e\x32\x1d.cutter.backup.v1.PruneAction\"w\n\nPruneReply\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.cutter.backup.v1.PruneDecision\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tkeep_last\x18\x03 \x01(\r\x12\x11\n\tkeep_days\x18\x04 \x01(\x04\":\n\nPinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\x12\x0c\n\x04note\x18\x03 \x01(\t\"\n\n\x08PinReply\"\x12\n\x10GetSignerRequest\"7\n\nSignerInfo\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x65rt_armored\x18\x02 \x01(\t\"\x10\n\x0eMetricsRequest\"\x1c\n\x0cMetricsReply\x12\x0c\n\x04text\x18\x01 \x01(\t*\x83\x01\n\rArtifactState\x12\x1e\n\x1a\x41RTIFACT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41RTIFACT_STATE_COMPLETE\x10\x01\x12\x1a\n\x16\x41RTIFACT_STATE_CORRUPT\x10\x02\x12\x19\n\x15\x41RTIFACT_STATE_ORPHAN\x10\x03*s\n\x0bPruneAction\x12\x1c\n\x18PRUNE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRUNE_ACTION_KEEP\x10\x01\x12\x17\n\x13PRUNE_ACTION_DELETE\x10\x02\x12\x16\n\x12PRUNE_ACTION_LEAVE\x10\x03\x32\xba\x05\n\rBackupService\x12[\n\x0ePreWriteBackup\x12\'.cutter.backup.v1.PreWriteBackupRequest\x1a .cutter.backup.v1.BackupEnvelope\x12O\n\x08Selftest\x12!.cutter.backup.v1.SelftestRequest\x1a .cutter.backup.v1.SelftestReport\x12I\n\x06Status\x12\x1f.cutter.backup.v1.StatusRequest\x1a\x1e.cutter.backup.v1.StatusReport\x12\x42\n\x04List\x12\x1d.cutter.backup.v1.ListRequest\x1a\x1b.cutter.backup.v1.ListReply\x12H\n\x06Verify\x12\x1f.cutter.backup.v1.VerifyRequest\x1a\x1d.cutter.backup.v1.VerifyReply\x12\x45\n\x05Prune\x12\x1e.cutter.backup.v1.PruneRequest\x1a\x1c.cutter.backup.v1.PruneReply\x12?\n\x03Pin\x12\x1c.cutter.backup.v1.PinRequest\x1a\x1a.cutter.backup.v1.PinReply\x12M\n\tGetSigner\x12\".cutter.backup.v1.GetSignerRequest\x1a\x1c.cutter.backup.v1.SignerInfo\x12K\n\x07Metrics\x12 .cutter.backup.v1.MetricsRequest\x1a\x1e.cutter.backup.v1.MetricsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutter.backup.v1.backup_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ARTIFACTINFO'].fields_by_name['state']._loaded_options = None
+  _globals['_ARTIFACTINFO'].fields_by_name['state']._serialized_options = b'\030\001'
+  _globals['_PRUNEDECISION'].fields_by_name['action']._loaded_options = None
+  _globals['_PRUNEDECISION'].fields_by_name['action']._serialized_options = b'\030\001'
+  _globals['_ARTIFACTSTATE']._serialized_start=2369
+  _globals['_ARTIFACTSTATE']._serialized_end=2500
+  _globals['_PRUNEACTION']._serialized_start=2502
+  _globals['_PRUNEACTION']._serialized_end=2617
   _globals['_PREWRITEBACKUPREQUEST']._serialized_start=51
   _globals['_PREWRITEBACKUPREQUEST']._serialized_end=90
   _globals['_TABLECOUNT']._serialized_start=92
@@ -56,33 +64,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTREQUEST']._serialized_start=1323
   _globals['_LISTREQUEST']._serialized_end=1336
   _globals['_ARTIFACTINFO']._serialized_start=1339
-  _globals['_ARTIFACTINFO']._serialized_end=1510
-  _globals['_LISTREPLY']._serialized_start=1512
-  _globals['_LISTREPLY']._serialized_end=1574
-  _globals['_VERIFYREQUEST']._serialized_start=1576
-  _globals['_VERIFYREQUEST']._serialized_end=1665
-  _globals['_VERIFYRESULT']._serialized_start=1667
-  _globals['_VERIFYRESULT']._serialized_end=1747
-  _globals['_VERIFYREPLY']._serialized_start=1749
-  _globals['_VERIFYREPLY']._serialized_end=1811
-  _globals['_PRUNEREQUEST']._serialized_start=1813
-  _globals['_PRUNEREQUEST']._serialized_end=1844
-  _globals['_PRUNEDECISION']._serialized_start=1846
-  _globals['_PRUNEDECISION']._serialized_end=1929
-  _globals['_PRUNEREPLY']._serialized_start=1931
-  _globals['_PRUNEREPLY']._serialized_end=2050
-  _globals['_PINREQUEST']._serialized_start=2052
-  _globals['_PINREQUEST']._serialized_end=2110
-  _globals['_PINREPLY']._serialized_start=2112
-  _globals['_PINREPLY']._serialized_end=2122
-  _globals['_GETSIGNERREQUEST']._serialized_start=2124
-  _globals['_GETSIGNERREQUEST']._serialized_end=2142
-  _globals['_SIGNERINFO']._serialized_start=2144
-  _globals['_SIGNERINFO']._serialized_end=2199
-  _globals['_METRICSREQUEST']._serialized_start=2201
-  _globals['_METRICSREQUEST']._serialized_end=2217
-  _globals['_METRICSREPLY']._serialized_start=2219
-  _globals['_METRICSREPLY']._serialized_end=2247
-  _globals['_BACKUPSERVICE']._serialized_start=2250
-  _globals['_BACKUPSERVICE']._serialized_end=2948
+  _globals['_ARTIFACTINFO']._serialized_end=1571
+  _globals['_LISTREPLY']._serialized_start=1573
+  _globals['_LISTREPLY']._serialized_end=1635
+  _globals['_VERIFYREQUEST']._serialized_start=1637
+  _globals['_VERIFYREQUEST']._serialized_end=1726
+  _globals['_VERIFYRESULT']._serialized_start=1728
+  _globals['_VERIFYRESULT']._serialized_end=1808
+  _globals['_VERIFYREPLY']._serialized_start=1810
+  _globals['_VERIFYREPLY']._serialized_end=1872
+  _globals['_PRUNEREQUEST']._serialized_start=1874
+  _globals['_PRUNEREQUEST']._serialized_end=1905
+  _globals['_PRUNEDECISION']._serialized_start=1908
+  _globals['_PRUNEDECISION']._serialized_end=2048
+  _globals['_PRUNEREPLY']._serialized_start=2050
+  _globals['_PRUNEREPLY']._serialized_end=2169
+  _globals['_PINREQUEST']._serialized_start=2171
+  _globals['_PINREQUEST']._serialized_end=2229
+  _globals['_PINREPLY']._serialized_start=2231
+  _globals['_PINREPLY']._serialized_end=2241
+  _globals['_GETSIGNERREQUEST']._serialized_start=2243
+  _globals['_GETSIGNERREQUEST']._serialized_end=2261
+  _globals['_SIGNERINFO']._serialized_start=2263
+  _globals['_SIGNERINFO']._serialized_end=2318
+  _globals['_METRICSREQUEST']._serialized_start=2320
+  _globals['_METRICSREQUEST']._serialized_end=2336
+  _globals['_METRICSREPLY']._serialized_start=2338
+  _globals['_METRICSREPLY']._serialized_end=2366
+  _globals['_BACKUPSERVICE']._serialized_start=2620
+  _globals['_BACKUPSERVICE']._serialized_end=3318
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ArtifactState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARTIFACT_STATE_UNSPECIFIED: _ClassVar[ArtifactState]
+    ARTIFACT_STATE_COMPLETE: _ClassVar[ArtifactState]
+    ARTIFACT_STATE_CORRUPT: _ClassVar[ArtifactState]
+    ARTIFACT_STATE_ORPHAN: _ClassVar[ArtifactState]
+
+class PruneAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRUNE_ACTION_UNSPECIFIED: _ClassVar[PruneAction]
+    PRUNE_ACTION_KEEP: _ClassVar[PruneAction]
+    PRUNE_ACTION_DELETE: _ClassVar[PruneAction]
+    PRUNE_ACTION_LEAVE: _ClassVar[PruneAction]
+ARTIFACT_STATE_UNSPECIFIED: ArtifactState
+ARTIFACT_STATE_COMPLETE: ArtifactState
+ARTIFACT_STATE_CORRUPT: ArtifactState
+ARTIFACT_STATE_ORPHAN: ArtifactState
+PRUNE_ACTION_UNSPECIFIED: PruneAction
+PRUNE_ACTION_KEEP: PruneAction
+PRUNE_ACTION_DELETE: PruneAction
+PRUNE_ACTION_LEAVE: PruneAction
+
 class PreWriteBackupRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -154,7 +176,7 @@ class ListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ArtifactInfo(_message.Message):
-    __slots__ = ("run_id", "created_at", "size_bytes", "sha256", "key_fprs", "total_rows", "state", "pinned", "detail")
+    __slots__ = ("run_id", "created_at", "size_bytes", "sha256", "key_fprs", "total_rows", "state", "pinned", "detail", "artifact_state")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +186,7 @@ class ArtifactInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_STATE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     created_at: str
     size_bytes: int
@@ -173,7 +196,8 @@ class ArtifactInfo(_message.Message):
     state: str
     pinned: bool
     detail: str
-    def __init__(self, run_id: _Optional[str] = ..., created_at: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fprs: _Optional[_Iterable[str]] = ..., total_rows: _Optional[int] = ..., state: _Optional[str] = ..., pinned: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    artifact_state: ArtifactState
+    def __init__(self, run_id: _Optional[str] = ..., created_at: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fprs: _Optional[_Iterable[str]] = ..., total_rows: _Optional[int] = ..., state: _Optional[str] = ..., pinned: _Optional[bool] = ..., detail: _Optional[str] = ..., artifact_state: _Optional[_Union[ArtifactState, str]] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("artifacts",)
@@ -218,16 +242,18 @@ class PruneRequest(_message.Message):
     def __init__(self, confirm: _Optional[bool] = ...) -> None: ...
 
 class PruneDecision(_message.Message):
-    __slots__ = ("run_id", "action", "reason", "size_bytes")
+    __slots__ = ("run_id", "action", "reason", "size_bytes", "prune_action")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_ACTION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     action: str
     reason: str
     size_bytes: int
-    def __init__(self, run_id: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    prune_action: PruneAction
+    def __init__(self, run_id: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., size_bytes: _Optional[int] = ..., prune_action: _Optional[_Union[PruneAction, str]] = ...) -> None: ...
 
 class PruneReply(_message.Message):
     __slots__ = ("decisions", "applied", "keep_last", "keep_days")
