@@ -131,6 +131,7 @@ pub async fn take(
     let packing = Packing {
         compression: setup.config.backup.compression,
         level: setup.config.backup.compression_level,
+        encryptor: setup.config.backup.encryptor,
     };
     let dump = Dump::start(
         ready.pg_dump(),

@@ -226,6 +226,16 @@ pub enum Compression {
     Zlib,
 }
 
+/// Which writer makes the SEIPDv1 message (same format either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryptor {
+    /// OpenSSL's AES-CFB and plain SHA-1 for the MDC (GnuPG's speed).
+    Seipdv1,
+    /// Sequoia's own encryptor (collision-detecting SHA-1; slower).
+    Sequoia,
+}
+
 /// `[backup]`: what to dump and where.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +253,9 @@ pub struct BackupConfig {
     /// Deflate level 1 (fast) to 9 (small).
     #[serde(default = "default_compression_level")]
     pub compression_level: u8,
+    /// The SEIPDv1 writer: "seipdv1" (default) or "sequoia".
+    #[serde(default = "default_encryptor")]
+    pub encryptor: Encryptor,
     /// Free space required beyond the estimated dump size.
     #[serde(default = "default_margin")]
     pub free_space_margin_mib: u64,
@@ -288,6 +301,9 @@ fn default_compression() -> Compression {
 /// size at over twice its speed; level 3 costs 20 % more time for 1 % less.
 fn default_compression_level() -> u8 {
     2
+}
+fn default_encryptor() -> Encryptor {
+    Encryptor::Seipdv1
 }
 fn default_margin() -> u64 {
     64

@@ -4,18 +4,30 @@
 //! GnuPG 2.2 cannot read SEIPDv2, and the operator's restore path is
 //! `gpg --decrypt`. Compression, when on, is OpenPGP compression, so gpg
 //! alone yields the SQL.
+//!
+//! Two writers make the same format behind [`encrypt`]: [`seipd`] (the
+//! default: OpenSSL's AES-CFB and plain SHA-1 for the MDC, GnuPG's speed)
+//! and [`sequoia`] (sequoia's own encryptor, whose SHA-1 always detects
+//! collisions; kept for comparison and as a fallback,
+//! `backup.encryptor = "sequoia"`).
+
+pub mod seipd;
+pub mod sequoia;
 
 use std::io::{self, Write};
 use std::time::SystemTime;
 
 use sequoia_openpgp as openpgp;
 
+use openpgp::crypto::SessionKey;
+use openpgp::packet::Key;
+use openpgp::packet::key::{PublicParts, UnspecifiedRole};
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Compressor, Encryptor, LiteralWriter, Message, Recipient};
-use openpgp::types::{CompressionAlgorithm, CompressionLevel, Features};
+use openpgp::serialize::stream::{Compressor, LiteralWriter, Message};
+use openpgp::types::{CompressionAlgorithm, CompressionLevel};
 use sha2::{Digest, Sha256};
 
-use crate::config::Compression;
+use crate::config::{Compression, Encryptor};
 use crate::key::{UsableKey, encryption_keys_of};
 
 /// A writer that hashes and counts what it passes on.
@@ -65,13 +77,21 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// How the plaintext is packed.
+/// How the plaintext is packed, and by which writer.
 #[derive(Debug, Clone, Copy)]
 pub struct Packing {
     /// Algorithm.
     pub compression: Compression,
     /// Deflate level 1..=9.
     pub level: u8,
+    /// Which SEIPDv1 writer.
+    pub encryptor: Encryptor,
+}
+
+/// One encryption key a PKESK packet is made for.
+pub struct Target<'a> {
+    /// The (sub)key.
+    pub key: &'a Key<PublicParts, UnspecifiedRole>,
 }
 
 /// Encrypts every chunk `plain` yields to every key in `keys` (their valid
@@ -80,33 +100,56 @@ pub struct Packing {
 /// the buffers and nothing is copied on the way in.
 pub fn encrypt<W: Write + Send + Sync>(
     plain: impl Iterator<Item = Vec<u8>>,
-    mut done: impl FnMut(Vec<u8>),
+    done: impl FnMut(Vec<u8>),
     sink: &mut W,
     keys: &[UsableKey],
     packing: Packing,
 ) -> Result<u64, String> {
+    encrypt_with(plain, done, sink, keys, packing, None)
+}
+
+/// [`encrypt`] with a given session key (tests compare the two writers).
+pub fn encrypt_with<W: Write + Send + Sync>(
+    plain: impl Iterator<Item = Vec<u8>>,
+    done: impl FnMut(Vec<u8>),
+    sink: &mut W,
+    keys: &[UsableKey],
+    packing: Packing,
+    session_key: Option<SessionKey>,
+) -> Result<u64, String> {
     let policy = StandardPolicy::new();
     let now = SystemTime::now();
-    let seipdv1_only = Features::empty().set_seipdv1();
-    let mut recipients = Vec::new();
+    let mut valid = Vec::new();
     for k in keys {
-        let vc = k
-            .cert
-            .with_policy(&policy, now)
-            .map_err(|e| format!("key …{} became invalid: {e}", k.fingerprint.tail()))?;
-        for ka in encryption_keys_of(&vc) {
-            recipients.push(Recipient::new(
-                seipdv1_only.clone(),
-                openpgp::KeyHandle::from(ka.key().keyid()),
-                ka.key(),
-            ));
-        }
+        valid.push(
+            k.cert
+                .with_policy(&policy, now)
+                .map_err(|e| format!("key {} became invalid: {e}", k.fingerprint))?,
+        );
     }
+    let amalgamations: Vec<_> = valid.iter().flat_map(encryption_keys_of).collect();
+    let targets: Vec<Target<'_>> = amalgamations
+        .iter()
+        .map(|ka| Target { key: ka.key() })
+        .collect();
+    if targets.is_empty() {
+        return Err("no encryption-capable key to encrypt to".into());
+    }
+    match packing.encryptor {
+        Encryptor::Seipdv1 => seipd::encrypt(plain, done, sink, &targets, packing, session_key),
+        Encryptor::Sequoia => sequoia::encrypt(plain, done, sink, &targets, packing, session_key),
+    }
+}
+
+/// Compression (if any) and the literal packet over `message`, fed with
+/// `plain`; finalizes `message`. Returns the plaintext byte count.
+fn write_literal(
+    message: Message<'_>,
+    plain: impl Iterator<Item = Vec<u8>>,
+    mut done: impl FnMut(Vec<u8>),
+    packing: Packing,
+) -> Result<u64, String> {
     let e = |what: &str, err: openpgp::anyhow::Error| format!("{what}: {err}");
-    let message = Message::new(sink);
-    let message = Encryptor::for_recipients(message, recipients)
-        .build()
-        .map_err(|err| e("setting up encryption", err))?;
     let message = match packing.compression {
         Compression::None => message,
         algo => Compressor::new(message)
