@@ -6,6 +6,7 @@ mod harness;
 
 mod adversarial;
 mod fail_closed;
+mod format;
 mod lifecycle;
 mod observability;
 mod operations;
