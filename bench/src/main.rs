@@ -51,18 +51,24 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `--settings none-1,zip-1,zip-2,zip-3,zlib-2`: the compression settings measured.
-fn settings() -> Vec<(String, u8)> {
+/// `--settings none-1,zip-1,zip-2,zip-3,zlib-2,sequoia:none-1,sequoia:zip-2`:
+/// the settings measured; `sequoia:` runs sequoia's own SEIPDv1 writer
+/// (`backup.encryptor = "sequoia"`), the rest the default `seipdv1`.
+fn settings() -> Vec<(String, String, u8)> {
     let args: Vec<String> = std::env::args().collect();
     let list = args
         .iter()
         .position(|a| a == "--settings")
         .and_then(|i| args.get(i + 1))
-        .map_or("none-1,zip-1,zip-2,zip-3,zlib-2", String::as_str);
+        .map_or(
+            "none-1,zip-1,zip-2,zip-3,zlib-2,sequoia:none-1,sequoia:zip-2",
+            String::as_str,
+        );
     list.split(',')
         .filter_map(|s| {
-            let (algo, level) = s.rsplit_once('-')?;
-            Some((algo.to_owned(), level.parse().ok()?))
+            let (encryptor, rest) = s.split_once(':').unwrap_or(("seipdv1", s));
+            let (algo, level) = rest.rsplit_once('-')?;
+            Some((encryptor.to_owned(), algo.to_owned(), level.parse().ok()?))
         })
         .collect()
 }
@@ -219,13 +225,13 @@ impl Bench {
             });
         }
         let _ = std::fs::remove_file(&out);
-        for (algo, level) in settings() {
-            rows.push(self.ours(db, &algo, level));
+        for (encryptor, algo, level) in settings() {
+            rows.push(self.ours(db, &encryptor, &algo, level));
         }
         rows
     }
 
-    fn config(&self, db: &str, dir: &Path, algo: &str, level: u8) -> DaemonConfig {
+    fn config(&self, db: &str, dir: &Path, encryptor: &str, algo: &str, level: u8) -> DaemonConfig {
         let backups = dir.join("backups");
         std::fs::create_dir_all(&backups).expect("backups dir");
         harness::proc::run(Command::new("chmod").arg("0700").arg(&backups));
@@ -243,7 +249,9 @@ impl Bench {
                 .collect(),
             pg_dump: None,
             allowed_uids: vec![0],
-            extra: format!("compression = \"{algo}\"\ncompression_level = {level}\n"),
+            extra: format!(
+                "compression = \"{algo}\"\ncompression_level = {level}\nencryptor = \"{encryptor}\"\n"
+            ),
             tail: String::new(),
             server_extra: String::new(),
             env: vec![("RUST_LOG".into(), "warn".into())],
@@ -252,9 +260,9 @@ impl Bench {
         }
     }
 
-    fn ours(&self, db: &str, algo: &str, level: u8) -> Row {
+    fn ours(&self, db: &str, encryptor: &str, algo: &str, level: u8) -> Row {
         let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
-        let cfg = self.config(db, dir.path(), algo, level);
+        let cfg = self.config(db, dir.path(), encryptor, algo, level);
         let daemon = Daemon::start(dir.path(), &cfg);
         let pid = daemon.pid();
         let (mut walls, mut cpus, mut rss, mut size) = (Vec::new(), Vec::new(), 0.0f64, 0);
@@ -270,17 +278,19 @@ impl Bench {
             let artifact = cfg.backup_dir.join(format!("{run_id}.sql.gpg"));
             size = measure::size(&artifact);
             let _ = std::fs::remove_file(&artifact);
-            let _ = std::fs::remove_file(cfg.backup_dir.join(format!("{run_id}.manifest.json")));
+            for suffix in [".manifest.json", ".manifest.json.sig"] {
+                let _ = std::fs::remove_file(cfg.backup_dir.join(format!("{run_id}{suffix}")));
+            }
         }
         walls.sort();
         cpus.sort();
-        let default = if (algo, level) == ("zip", 2) {
+        let default = if (encryptor, algo, level) == ("seipdv1", "zip", 2) {
             " (default)"
         } else {
             ""
         };
         Row {
-            name: format!("ours: `cutterctl backup`, {algo}-{level}{default}"),
+            name: format!("ours: `cutterctl backup`, {encryptor} {algo}-{level}{default}"),
             wall: median(&walls),
             cpu: Some(median(&cpus)),
             rss_mib: Some(rss),
@@ -297,7 +307,7 @@ impl Bench {
             measure::pipe(&mut self.pg_dump(db), &mut self.gpg_encrypt(&old, &[]))
         }));
         let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
-        let cfg = self.config(db, dir.path(), "zip", 2);
+        let cfg = self.config(db, dir.path(), "seipdv1", "zip", 2);
         let daemon = Daemon::start(dir.path(), &cfg);
         let pid = daemon.pid();
         measure::reset_peak_rss(pid);
@@ -361,7 +371,9 @@ impl Bench {
     /// Spawns the daemon with a notify socket and times READY=1.
     fn start_to_ready(&self, db: &str, i: usize) -> Duration {
         let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
-        let config = self.config(db, dir.path(), "zip", 2).write(dir.path());
+        let config = self
+            .config(db, dir.path(), "seipdv1", "zip", 2)
+            .write(dir.path());
         let notify = dir.path().join(format!("notify-{i}.sock"));
         let sock = UnixDatagram::bind(&notify).expect("notify socket");
         sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -401,18 +413,21 @@ fn table(rows: &[Row], plain: u64) {
     let old = rows.get(1).map_or(Duration::ZERO, |r| r.wall);
     let old_size = rows.get(1).and_then(|r| r.out_bytes).unwrap_or(0);
     println!(
-        "| pipeline | wall s | MB/s | our CPU s | daemon peak RSS MiB | output MB | vs floor | old/ours | size vs old |"
+        "| pipeline | wall s | MB/s | our CPU s | our CPU s/GB | daemon peak RSS MiB | output MB | vs floor | old/ours | size vs old |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let mbps = plain as f64 / 1e6 / r.wall.as_secs_f64();
         let ours = r.name.starts_with("ours");
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {:.2}x | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2}x | {} | {} |",
             r.name,
             secs(r.wall),
             mbps,
             r.cpu.map(secs).unwrap_or_else(|| "–".into()),
+            r.cpu
+                .map(|c| format!("{:.2}", c.as_secs_f64() / (plain as f64 / 1e9)))
+                .unwrap_or_else(|| "–".into()),
             r.rss_mib
                 .map(|m| format!("{m:.1}"))
                 .unwrap_or_else(|| "–".into()),
