@@ -60,21 +60,6 @@ fn restore(world: &World, daemon: &Daemon, run_id: &str, secret: &Path, into: &s
     c
 }
 
-fn scratch_url(world: &World, db: &str) -> String {
-    format!(
-        "postgres://postgres@/{db}?host={}&port={}",
-        world.pg.socket_dir().display(),
-        world.pg.port
-    )
-}
-
-fn db_exists(world: &World, db: &str) -> bool {
-    world.pg.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
-    ) == "1"
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -173,7 +158,7 @@ fn restore_refuses_an_unsigned_or_forged_manifest() {
         &daemon,
         "unsigned",
         &secret,
-        &scratch_url(&world, "s_unsigned"),
+        &world.pg.scratch_url("s_unsigned"),
     )
     .output()
     .expect("restore");
@@ -207,12 +192,12 @@ fn restore_refuses_an_unsigned_or_forged_manifest() {
         &daemon,
         "forged",
         &secret,
-        &scratch_url(&world, "s_forged"),
+        &world.pg.scratch_url("s_forged"),
     )
     .output()
     .expect("restore");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!db_exists(&world, "s_forged") && !db_exists(&world, "s_unsigned"));
+    assert!(!world.pg.db_exists("s_forged") && !world.pg.db_exists("s_unsigned"));
     assert!(!marker.exists(), "the forged SQL ran");
 
     // The round trip with an explicitly pinned cert: the daemon's own passes,
@@ -232,20 +217,20 @@ fn restore_refuses_an_unsigned_or_forged_manifest() {
         &daemon,
         "real",
         &secret,
-        &scratch_url(&world, "s_theirs"),
+        &world.pg.scratch_url("s_theirs"),
     )
     .arg("--signer")
     .arg(&theirs)
     .output()
     .expect("restore");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!db_exists(&world, "s_theirs"));
+    assert!(!world.pg.db_exists("s_theirs"));
     let out = restore(
         &world,
         &daemon,
         "real",
         &secret,
-        &scratch_url(&world, "s_mine"),
+        &world.pg.scratch_url("s_mine"),
     )
     .arg("--signer")
     .arg(&mine)
@@ -299,7 +284,7 @@ fn restore_refuses_meta_commands() {
             &daemon,
             run_id,
             &secret,
-            &scratch_url(&world, &format!("s_{run_id}")),
+            &world.pg.scratch_url(&format!("s_{run_id}")),
         )
         .output()
         .expect("restore");
@@ -334,7 +319,7 @@ fn restore_is_not_steered_by_the_environment_or_a_host_alias() {
         &daemon,
         "r1",
         &secret,
-        &scratch_url(&world, "scratch_x"),
+        &world.pg.scratch_url("scratch_x"),
     )
     .env("PGSERVICE", "live")
     .env("PGSERVICEFILE", &service_file)
@@ -595,7 +580,7 @@ fn failed_decrypt_commits_nothing() {
         &daemon,
         "big",
         &secret,
-        &scratch_url(&world, "s_big"),
+        &world.pg.scratch_url("s_big"),
     )
     .output()
     .expect("restore");
@@ -606,7 +591,7 @@ fn failed_decrypt_commits_nothing() {
         text(&out)
     );
     assert!(
-        !db_exists(&world, "s_big"),
+        !world.pg.db_exists("s_big"),
         "a restore that failed authentication created or loaded the scratch database: {}",
         text(&out)
     );
@@ -637,7 +622,7 @@ fn restore_survives_a_chatty_psql() {
         &daemon,
         "chatty",
         &secret,
-        &scratch_url(&world, "s_chatty"),
+        &world.pg.scratch_url("s_chatty"),
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())

@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::proc::{require, run};
 use crate::harness::{Daemon, Grants, KeyKind, World};
-use crate::systemd::read_until;
+use crate::systemd::{notify_socket, read_until};
 
 const SERVICE: &str = "cutter.backup.v1.BackupService";
 
@@ -55,10 +55,7 @@ async fn health_becomes(daemon: &Daemon, want: ServingStatus, within: Duration) 
 async fn a_grant_revoked_while_idle_turns_health_and_status_within_one_interval() {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
-    let notify_path = world.work.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (notify_path, sock) = notify_socket(&world);
     let mut cfg = world.config(Some(&fpr), Some(cert));
     cfg.server_extra = "selftest_interval_secs = 1\n".into();
     cfg.env = vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())];

@@ -53,22 +53,6 @@ fn ctl_owned(daemon: &Daemon, args: &[String]) -> Output {
     daemon.ctl(&refs)
 }
 
-/// A scratch database on the test cluster, as the superuser over its socket.
-fn scratch_url(world: &World, db: &str) -> String {
-    format!(
-        "postgres://postgres@/{db}?host={}&port={}",
-        world.pg.socket_dir().display(),
-        world.pg.port
-    )
-}
-
-fn db_exists(world: &World, db: &str) -> bool {
-    world.pg.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
-    ) == "1"
-}
-
 #[test]
 fn verify_list_and_a_flipped_byte() {
     let (world, daemon, fpr, secret) = setup();
@@ -97,11 +81,11 @@ fn verify_list_and_a_flipped_byte() {
 
     // Restore refuses before loading anything: the scratch database is not even created.
     let mut args = restore_args(&world, &daemon, "flipped", &secret);
-    args.extend(["--into".into(), scratch_url(&world, "from_flipped")]);
+    args.extend(["--into".into(), world.pg.scratch_url("from_flipped")]);
     let out = ctl_owned(&daemon, &args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("verify FAILED"), "{}", text(&out));
-    assert!(!db_exists(&world, "from_flipped"));
+    assert!(!world.pg.db_exists("from_flipped"));
 
     let out = daemon.ctl(&["list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -294,7 +278,7 @@ fn restore_round_trip_live_refusal_and_non_empty_target() {
     assert!(text(&out).contains("live database"), "{}", text(&out));
 
     let mut args = restore_args(&world, &daemon, "r1", &secret);
-    args.extend(["--into".into(), scratch_url(&world, "restored_r1")]);
+    args.extend(["--into".into(), world.pg.scratch_url("restored_r1")]);
     let out = ctl_owned(&daemon, &args);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);

@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 use crate::harness::proc::{require, run, wait_until, workspace_bin};
 use crate::harness::{Daemon, Grants, KeyKind, World, pg};
 
+/// A datagram socket in the world's work directory where the daemon's
+/// NOTIFY_SOCKET points, read with a short timeout.
+pub(crate) fn notify_socket(world: &World) -> (PathBuf, UnixDatagram) {
+    let path = world.work.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    (path, sock)
+}
+
 /// Collects notify messages until `until` matches one or `within` passes.
 pub(crate) fn read_until(
     sock: &UnixDatagram,
@@ -37,10 +47,7 @@ pub(crate) fn read_until(
 fn notify_ready_watchdog_status_reload_stopping() {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
-    let notify_path = world.work.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (notify_path, sock) = notify_socket(&world);
     let mut cfg = world.config(Some(&fpr), Some(cert));
     cfg.env = vec![
         ("NOTIFY_SOCKET".into(), notify_path.display().to_string()),
@@ -71,10 +78,7 @@ fn notify_ready_watchdog_status_reload_stopping() {
 fn fail_closed_daemon_is_still_ready_and_says_why() {
     let world = World::new(Grants::All);
     let (_, cert) = world.key(KeyKind::Ed25519, "k");
-    let notify_path = world.work.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (notify_path, sock) = notify_socket(&world);
     let mut cfg = world.config(None, Some(cert));
     cfg.env = vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())];
     let _daemon = world.start(&cfg);

@@ -334,8 +334,7 @@ impl Metrics {
         help: &str,
         samples: &[(L, f64)],
     ) {
-        self.header(name, help, "gauge");
-        self.samples(name, samples);
+        self.family(name, help, "gauge", samples);
     }
 
     fn counter<L: AsRef<[(&'static str, &'static str)]>>(
@@ -344,7 +343,17 @@ impl Metrics {
         help: &str,
         samples: &[(L, f64)],
     ) {
-        self.header(name, help, "counter");
+        self.family(name, help, "counter", samples);
+    }
+
+    fn family<L: AsRef<[(&'static str, &'static str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.header(name, help, kind);
         self.samples(name, samples);
     }
 }

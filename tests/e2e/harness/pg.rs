@@ -254,6 +254,23 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// A scratch database's URL on this cluster, as the superuser over its socket.
+    pub fn scratch_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@/{db}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// True when database `db` exists.
+    pub fn db_exists(&self, db: &str) -> bool {
+        self.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+        ) == "1"
+    }
+
     /// The socket directory.
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().join("sock")
