@@ -750,6 +750,17 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
         .await
         .expect_err("denied");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // Health and reflection sit behind the same check.
+    let channel = cutter_backup::channel(&daemon.socket)
+        .await
+        .expect("channel");
+    let err = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("denied");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     drop(daemon);
     let mut cfg = world.config(Some(&fpr), Some(cert));
     cfg.server_extra = "max_connections = 3\n".into();

@@ -72,12 +72,22 @@ fn plaintext(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn seal(keys: &[UsableKey], plain: &[u8], encryptor: Encryptor, sk: Option<SessionKey>) -> Vec<u8> {
+    seal_packed(keys, plain, encryptor, Compression::None, sk)
+}
+
+fn seal_packed(
+    keys: &[UsableKey],
+    plain: &[u8],
+    encryptor: Encryptor,
+    compression: Compression,
+    sk: Option<SessionKey>,
+) -> Vec<u8> {
     // Odd chunk sizes, so the writers see writes that straddle blocks.
     let chunks: Vec<Vec<u8>> = plain.chunks(7919).map(<[u8]>::to_vec).collect();
     let mut out = Vec::new();
     let packing = Packing {
-        compression: Compression::None,
-        level: 1,
+        compression,
+        level: 2,
         encryptor,
     };
     let n = match sk {
@@ -167,6 +177,16 @@ fn both_writers_make_what_gnupg_and_sequoia_read_at_every_edge() {
             let opened = sequoia_decrypt(&k.secrets[1], &sealed).expect(&what);
             assert!(opened == plain, "{what}: sequoia's plaintext differs");
             check_structure(&sealed[..], &manifest).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        // The default packing (zip-2) at a few of the edges.
+        for (i, len) in [0, 1, 8193, (1 << 20) + 1].into_iter().enumerate() {
+            let plain = plaintext(len, 100 + i as u64);
+            let sealed = seal_packed(&k.usable, &plain, encryptor, Compression::Zip, None);
+            let what = format!("{encryptor:?} zip-2 {len} bytes");
+            let out = gpg_decrypt(&k, &sealed, "zip.gpg");
+            assert!(out.status.success() && out.stdout == plain, "{what}");
+            let opened = sequoia_decrypt(&k.secrets[0], &sealed).expect(&what);
+            assert!(opened == plain, "{what}: sequoia's plaintext differs");
         }
     }
 }

@@ -51,7 +51,7 @@ struct Selftest {
     checks: Vec<(&'static str, CheckStatus)>,
     key_expires_at: Option<f64>,
     space: Option<(u64, u64)>,
-    artifacts: (u64, u64),
+    artifacts: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +67,11 @@ struct State {
 pub struct Admin {
     health: HealthReporter,
     state: Mutex<State>,
+    /// Held while a verdict is published (state, health, STATUS), so two
+    /// selftests finishing together cannot interleave; holds the sequence
+    /// number of the newest selftest published.
+    publishing: tokio::sync::Mutex<u64>,
+    writing: tokio::sync::Mutex<()>,
 }
 
 fn seconds(t: SystemTime) -> f64 {
@@ -86,6 +91,8 @@ impl Admin {
         Self {
             health,
             state: Mutex::new(State::default()),
+            publishing: tokio::sync::Mutex::new(0),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -93,13 +100,32 @@ impl Admin {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A selftest finished: health, STATUS, journal, metrics.
-    pub async fn selftest_done(&self, setup: &Setup, report: &Report) {
+    /// A selftest finished: health, STATUS, journal, metrics. `seq` is the
+    /// order the selftest *started* in: a slower, older one finishing late
+    /// (a database timeout, a reload in between) never overwrites a newer
+    /// verdict.
+    pub async fn selftest_done(&self, seq: u64, setup: &Setup, report: &Report) {
+        let store = setup.store.clone();
+        let artifacts = tokio::task::spawn_blocking(move || {
+            store.list().ok().map(|entries| {
+                let count = entries.len() as u64;
+                (count, entries.iter().map(|e| e.size_bytes).sum::<u64>())
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut newest = self.publishing.lock().await;
+        if seq < *newest {
+            tracing::debug!(
+                seq,
+                newest = *newest,
+                "an older selftest finished late: not published"
+            );
+            return;
+        }
+        *newest = seq;
         let passed = report.passed();
-        let artifacts = setup.store.list().map_or((0, 0), |entries| {
-            let count = entries.len() as u64;
-            (count, entries.iter().map(|e| e.size_bytes).sum())
-        });
         let changed = {
             let mut st = self.state();
             let before = st.selftest.as_ref().map(|s| s.passed);
@@ -135,11 +161,30 @@ impl Admin {
         } else {
             tracing::debug!(passed, "selftest");
         }
-        self.write_textfile(setup);
+        self.write_textfile(setup).await;
+    }
+
+    /// The daemon is stopping: NOT_SERVING, then the statuses are removed,
+    /// which ends open Health.Watch streams (a graceful stop waits for them).
+    pub async fn stopping(&self) {
+        let _publishing = self.publishing.lock().await;
+        let mut health = self.health.clone();
+        for service in ["", cutter_backup::SERVICE_NAME] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+            health.clear_service_status(service).await;
+        }
     }
 
     /// A backup call ended.
-    pub fn backup_done(&self, setup: &Setup, outcome: Outcome, size_bytes: u64, duration_ms: u64) {
+    pub async fn backup_done(
+        &self,
+        setup: &Setup,
+        outcome: Outcome,
+        size_bytes: u64,
+        duration_ms: u64,
+    ) {
         {
             let mut st = self.state();
             let now = seconds(SystemTime::now());
@@ -149,7 +194,7 @@ impl Admin {
                 st.last_success = Some((now, duration_ms as f64 / 1000.0, size_bytes));
             }
         }
-        self.write_textfile(setup);
+        self.write_textfile(setup).await;
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -233,16 +278,18 @@ impl Admin {
                 "1 when the selftest check passed or warned, 0 when it failed.",
                 &checks,
             );
-            m.single(
-                "cutter_backup_artifacts",
-                "Artifacts in backup.dir.",
-                s.artifacts.0 as f64,
-            );
-            m.single(
-                "cutter_backup_artifact_bytes",
-                "Bytes of artifacts in backup.dir.",
-                s.artifacts.1 as f64,
-            );
+            if let Some((count, bytes)) = s.artifacts {
+                m.single(
+                    "cutter_backup_artifacts",
+                    "Artifacts in backup.dir.",
+                    count as f64,
+                );
+                m.single(
+                    "cutter_backup_artifact_bytes",
+                    "Bytes of artifacts in backup.dir.",
+                    bytes as f64,
+                );
+            }
             if let Some(t) = s.key_expires_at {
                 m.single(
                     "cutter_backup_key_expiry_timestamp_seconds",
@@ -267,12 +314,20 @@ impl Admin {
     }
 
     /// Writes the metrics to `metrics.textfile` (temp file and rename, so
-    /// node_exporter never reads half a file); failures are logged.
-    fn write_textfile(&self, setup: &Setup) {
-        let Some(path) = &setup.config.metrics.textfile else {
+    /// node_exporter never reads half a file) on a blocking thread; failures
+    /// are logged. Renders and renames one at a time, so an older render
+    /// never lands last.
+    async fn write_textfile(&self, setup: &Setup) {
+        let Some(path) = setup.config.metrics.textfile.clone() else {
             return;
         };
-        if let Err(e) = write_atomically(path, self.render().as_bytes()) {
+        let _one_at_a_time = self.writing.lock().await;
+        let text = self.render();
+        let written = tokio::task::spawn_blocking(move || {
+            write_atomically(&path, text.as_bytes()).map_err(|e| (path, e))
+        })
+        .await;
+        if let Ok(Err((path, e))) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot write metrics.textfile");
         }
     }

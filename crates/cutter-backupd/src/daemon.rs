@@ -75,6 +75,7 @@ pub struct Daemon {
     pub started: Instant,
     producer: Producer,
     admin: Admin,
+    selftest_seq: AtomicU64,
 }
 
 impl Daemon {
@@ -91,6 +92,7 @@ impl Daemon {
             cancel: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
             admin,
+            selftest_seq: AtomicU64::new(0),
             producer: Producer(format!(
                 "cutter-backupd {} ({})",
                 cutter_backup::VERSION,
@@ -140,8 +142,9 @@ impl Daemon {
     /// Runs every check against `setup` and reports the verdict (health,
     /// STATUS, metrics, journal). Every selftest goes through here.
     pub async fn selftest(&self, setup: &Setup) -> (Report, Option<Ready>) {
+        let seq = self.selftest_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let (report, ready) = selftest::run(setup).await;
-        self.admin.selftest_done(setup, &report).await;
+        self.admin.selftest_done(seq, setup, &report).await;
         (report, ready)
     }
 
@@ -158,6 +161,11 @@ impl Daemon {
     /// Refuse new backups from now on.
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// True once the daemon is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Abort running backups: pg_dump is killed, partials removed.
@@ -191,7 +199,7 @@ impl Daemon {
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let outcome = me.run_backup(&run_id, &progress).await.map_err(Arc::new);
-                        me.record(&outcome, started);
+                        me.record(&outcome, started).await;
                         let _ = tx.send(Some(outcome));
                         me.flights
                             .lock()
@@ -214,7 +222,7 @@ impl Daemon {
         }
     }
 
-    fn record(&self, outcome: &Outcome, started: Instant) {
+    async fn record(&self, outcome: &Outcome, started: Instant) {
         let (kind, size) = match outcome {
             Ok(d) if d.reused => (admin::Outcome::Reused, d.manifest.size_bytes),
             Ok(d) => (admin::Outcome::Complete, d.manifest.size_bytes),
@@ -230,8 +238,13 @@ impl Daemon {
             }
             Err(_) => (admin::Outcome::Failed, 0),
         };
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.admin.backup_done(&self.setup(), kind, size, ms);
+        // The backup's own duration (its manifest's), not the time spent
+        // in selftest or waiting for a permit.
+        let ms = match outcome {
+            Ok(d) => d.manifest.duration_ms,
+            Err(_) => u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        self.admin.backup_done(&self.setup(), kind, size, ms).await;
     }
 
     /// The backups running now, for Status (and cutterctl's progress line).

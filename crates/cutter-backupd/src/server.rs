@@ -76,6 +76,7 @@ pub async fn run(
             stop_signal.await;
             daemon.begin_stop();
             notify::stopping();
+            daemon.admin().stopping().await;
             spawn_grace_timer(&daemon, grace);
         }
     };
@@ -134,6 +135,9 @@ fn spawn_selftest_timer(daemon: &Arc<Daemon>) {
         loop {
             let every = d.setup().config.server.selftest_interval_secs;
             tokio::time::sleep(Duration::from_secs(every)).await;
+            if d.is_stopping() {
+                return;
+            }
             let setup = d.setup();
             d.selftest(&setup).await;
         }

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use cutter_backup::v1::{
-    BackupEnvelope, ListReply, PruneAction, PruneReply, SelftestReport, SignerInfo, StatusReport,
-    VerifyReply, check,
+    ArtifactState, BackupEnvelope, ListReply, PruneAction, PruneDecision, PruneReply,
+    SelftestReport, SignerInfo, StatusReport, VerifyReply, check,
 };
 use serde_json::json;
 
@@ -144,7 +144,12 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
             .iter()
             .map(|f| format!("…{}", clean(f.get(32..).unwrap_or(f))))
             .collect();
-        let word = short_name(a.artifact_state().as_str_name(), "ARTIFACT_STATE_");
+        // A daemon one version older fills only the deprecated string.
+        #[allow(deprecated)]
+        let word = match a.artifact_state() {
+            ArtifactState::Unspecified => a.state.clone(),
+            st => short_name(st.as_str_name(), "ARTIFACT_STATE_"),
+        };
         let state = match (a.pinned, a.detail.is_empty()) {
             (true, true) => format!("{word} (pinned)"),
             (true, false) => format!("{word} (pinned): {}", clean(&a.detail)),
@@ -198,7 +203,7 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
     }
     let verb = if r.applied { "deleted" } else { "would delete" };
     for d in &r.decisions {
-        let action = match (d.prune_action(), r.applied) {
+        let action = match (prune_action(d), r.applied) {
             (PruneAction::Delete, true) => "DELETED",
             (PruneAction::Delete, false) => "DELETE?",
             (PruneAction::Keep, _) => "keep",
@@ -209,13 +214,13 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
     let freed: u64 = r
         .decisions
         .iter()
-        .filter(|d| d.prune_action() == PruneAction::Delete)
+        .filter(|d| prune_action(d) == PruneAction::Delete)
         .map(|d| d.size_bytes)
         .sum();
     let n = r
         .decisions
         .iter()
-        .filter(|d| d.prune_action() == PruneAction::Delete)
+        .filter(|d| prune_action(d) == PruneAction::Delete)
         .count();
     println!(
         "{verb} {n} backup(s), {} (keep_last = {}, keep_days = {}){}",
@@ -254,6 +259,18 @@ pub fn rpc_error(s: &tonic::Status, as_json: bool) -> ExitCode {
         ExitCode::from(EXIT_UNREACHABLE)
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The decision's action; from the deprecated string when an older daemon
+/// left the enum unset.
+#[allow(deprecated)]
+fn prune_action(d: &PruneDecision) -> PruneAction {
+    match (d.prune_action(), d.action.as_str()) {
+        (PruneAction::Unspecified, "keep") => PruneAction::Keep,
+        (PruneAction::Unspecified, "delete") => PruneAction::Delete,
+        (PruneAction::Unspecified, "leave") => PruneAction::Leave,
+        (a, _) => a,
     }
 }
 

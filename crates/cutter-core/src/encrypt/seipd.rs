@@ -45,14 +45,10 @@ pub fn encrypt<W: Write + Send + Sync>(
     session_key: Option<SessionKey>,
 ) -> Result<u64, String> {
     let e = |what: &str, err: openpgp::anyhow::Error| format!("{what}: {err}");
+    // Made in sequoia's protected memory (zeroed when dropped).
     let sk = match session_key {
         Some(sk) => sk,
-        None => {
-            let mut bytes = [0u8; 32];
-            openssl::rand::rand_bytes(&mut bytes)
-                .map_err(|err| format!("random session key: {err}"))?;
-            SessionKey::from(&bytes[..])
-        }
+        None => SessionKey::new(32).map_err(|err| e("random session key", err))?,
     };
     let mut message = Message::new(sink);
     for t in targets {
