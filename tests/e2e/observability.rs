@@ -141,6 +141,15 @@ fn metrics_pass_promtool_and_the_textfile_follows() {
         "no temp file left behind"
     );
 
+    // After a restart, before any new backup, the last success is still known.
+    drop(daemon);
+    let daemon = world.start(&cfg);
+    let text = String::from_utf8_lossy(&daemon.ctl(&["metrics"]).stdout).into_owned();
+    assert!(
+        text.contains("cutter_backup_last_success_timestamp_seconds "),
+        "{text}"
+    );
+
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
     run(Command::new(&promtool).args(["check", "rules"]).arg(rules));
 }

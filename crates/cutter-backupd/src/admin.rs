@@ -177,6 +177,16 @@ impl Admin {
         }
     }
 
+    /// The newest backup this daemon signed, found on disk at start: the
+    /// `last_success` gauges survive a restart (an alert on "no success
+    /// lately" must not fire because the daemon restarted).
+    pub fn seed_last_success(&self, at: SystemTime, duration_ms: u64, size_bytes: u64) {
+        let mut st = self.state();
+        if st.last_success.is_none() {
+            st.last_success = Some((seconds(at), duration_ms as f64 / 1000.0, size_bytes));
+        }
+    }
+
     /// A backup call ended.
     pub async fn backup_done(
         &self,

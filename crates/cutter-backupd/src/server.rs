@@ -64,6 +64,7 @@ pub async fn run(
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     let admin = Admin::new(health).await;
+    seed_last_success(&setup, &admin).await;
     let daemon = Arc::new(Daemon::new(config_path, setup, admin));
     notify::ready(&status);
     spawn_selftest_timer(&daemon);
@@ -114,6 +115,30 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Seeds the metrics' last success from the newest manifest this daemon
+/// signed (the directory may be missing: selftest says so).
+async fn seed_last_success(setup: &Setup, admin: &Admin) {
+    let own = crate::ops::own_signer(setup);
+    let store = setup.store.clone();
+    let newest = tokio::task::spawn_blocking(move || {
+        let entries = store.list().ok()?;
+        entries
+            .iter()
+            .filter_map(|e| crate::ops::authentic(e, &own).ok())
+            .filter_map(|m| {
+                cutter_core::time::parse_rfc3339(&m.created_at)
+                    .map(|t| (t, m.duration_ms, m.size_bytes))
+            })
+            .max_by_key(|(t, _, _)| *t)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some((at, duration_ms, size)) = newest {
+        admin.seed_last_success(at, duration_ms, size);
+    }
 }
 
 /// The peer check every service runs on a request's headers, before its
