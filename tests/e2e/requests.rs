@@ -424,3 +424,62 @@ fn completions_and_man_pages_are_generated() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH cutter-backupd"));
 }
+
+#[test]
+fn reloads_never_let_more_than_max_concurrent_dumps_run() {
+    let (world, fpr, cert) = ready_world();
+    // A pg_dump that logs its start and end (appends of one short line are
+    // atomic) and takes a second, so backups overlap the reloads.
+    let log = world.work.path().join("dumps.log");
+    let wrapper = world.work.path().join("counting-pg_dump");
+    let real = pg::bindir().join("pg_dump");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n\
+             echo start >> {log}\nsleep 1\n{real} \"$@\"\nrc=$?\necho end >> {log}\nexit $rc\n",
+            real = real.display(),
+            log = log.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cfg = world.config(Some(&fpr), Some(cert));
+    cfg.pg_dump = Some(wrapper);
+    cfg.extra = "max_concurrent = 2\n".into();
+    let daemon = world.start(&cfg);
+    // Calls arrive spread over the reloads: each lands after a different one.
+    let calls: Vec<_> = (0..6u64)
+        .map(|i| {
+            let socket = daemon.socket.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(250 * i));
+                ctl(&socket, &["backup", "--run-id", &format!("hup-{i}")])
+            })
+        })
+        .collect();
+    for _ in 0..100 {
+        daemon.signal("HUP");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for c in calls {
+        let out = c.join().expect("call");
+        assert!(
+            out.status.success(),
+            "{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log()
+        );
+    }
+    let (mut running, mut most) = (0i32, 0i32);
+    for line in std::fs::read_to_string(&log).expect("log").lines() {
+        running += if line == "start" { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(most, 2, "pg_dumps at once (max_concurrent = 2)");
+    assert!(
+        daemon.ctl(&["status"]).status.success(),
+        "the daemon is alive"
+    );
+}

@@ -67,7 +67,10 @@ pub struct Daemon {
     config_path: PathBuf,
     setup: RwLock<Arc<Setup>>,
     flights: Mutex<HashMap<String, Flight>>,
-    permits: RwLock<Arc<Semaphore>>,
+    /// One semaphore for the daemon's life: a reload resizes it (a new one
+    /// would let old and new permits add up past `backup.max_concurrent`).
+    permits: Arc<Semaphore>,
+    limit: Mutex<usize>,
     running: AtomicUsize,
     stopping: AtomicBool,
     cancel: Cancel,
@@ -81,12 +84,13 @@ pub struct Daemon {
 impl Daemon {
     /// Wraps a loaded setup.
     pub fn new(config_path: PathBuf, setup: Setup, admin: Admin) -> Self {
-        let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
+        let limit = setup.config.backup.max_concurrent;
         Self {
             config_path,
             setup: RwLock::new(Arc::new(setup)),
             flights: Mutex::new(HashMap::new()),
-            permits: RwLock::new(permits),
+            permits: Arc::new(Semaphore::new(limit)),
+            limit: Mutex::new(limit),
             running: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -113,9 +117,8 @@ impl Daemon {
             Config::load(&self.config_path).and_then(|c| Setup::load(c, Setup::env_fingerprint()));
         let summary = match loaded {
             Ok(setup) => {
-                let permits = Arc::new(Semaphore::new(setup.config.backup.max_concurrent));
+                self.resize_permits(setup.config.backup.max_concurrent);
                 *self.setup.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(setup);
-                *self.permits.write().unwrap_or_else(PoisonError::into_inner) = permits;
                 let summary = self.summary().await;
                 tracing::info!(status = %summary, "reloaded");
                 summary
@@ -130,6 +133,25 @@ impl Daemon {
         };
         notify::reloaded(&summary);
         summary
+    }
+
+    /// Grows the semaphore at once; shrinks it by taking permits as running
+    /// backups return them (in a task: a reload does not wait), so at most
+    /// the new limit run once the running ones are done.
+    fn resize_permits(&self, new: usize) {
+        let mut limit = self.limit.lock().unwrap_or_else(PoisonError::into_inner);
+        if new > *limit {
+            self.permits.add_permits(new - *limit);
+        } else if new < *limit {
+            let surplus = u32::try_from(*limit - new).unwrap_or(u32::MAX);
+            let permits = Arc::clone(&self.permits);
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+        }
+        *limit = new;
     }
 
     /// The one-line STATUS text, from a fresh selftest.
@@ -295,8 +317,10 @@ impl Daemon {
                 store: setup.store.clone(),
             });
         }
-        let permits = Arc::clone(&self.permits.read().unwrap_or_else(PoisonError::into_inner));
-        let _permit = permits.acquire_owned().await.map_err(|_| Error::Stopping)?;
+        let _permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Stopping)?;
         let started = Instant::now();
         match backup::take(&setup, &ready, id, &self.producer, &self.cancel, progress).await {
             Ok(m) => {
