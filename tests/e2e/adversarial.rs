@@ -7,25 +7,16 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cutter_backup::v1::PreWriteBackupRequest;
 
 use crate::harness::proc::workspace_bin;
-use crate::harness::{Daemon, Grants, KeyKind, World};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::harness::{Daemon, Grants, KeyKind, World, text};
 
 fn backup(daemon: &Daemon, run_id: &str) {
-    let out = daemon.ctl(&["backup", "--run-id", run_id]);
-    assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
+    daemon.backup(run_id);
 }
 
 /// A passing daemon, its key's secret half exported (0600).

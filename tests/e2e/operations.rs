@@ -4,19 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::harness::{Daemon, Grants, KeyKind, World};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::harness::{Daemon, Grants, KeyKind, World, text};
 
 fn backup(daemon: &Daemon, run_id: &str) {
-    let out = daemon.ctl(&["backup", "--run-id", run_id]);
-    assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
+    daemon.backup(run_id);
 }
 
 /// A world with a passing daemon and the key's secret half exported.

@@ -226,6 +226,17 @@ impl Daemon {
         }
     }
 
+    /// `cutterctl backup --run-id RUN`, which must succeed.
+    pub fn backup(&self, run_id: &str) {
+        let out = self.ctl(&["backup", "--run-id", run_id]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            super::text(&out),
+            self.log()
+        );
+    }
+
     /// Runs `cutterctl --socket <socket> args…`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl(&self.socket, args)
