@@ -54,7 +54,8 @@ fn verify_list_and_a_flipped_byte() {
     assert!(text(&out).contains("OK      good") && text(&out).contains("OK      flipped"));
 
     let artifact = world.backups.join("flipped.sql.gpg");
-    let mut bytes = std::fs::read(&artifact).expect("read");
+    let original = std::fs::read(&artifact).expect("read");
+    let mut bytes = original.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&artifact, bytes).expect("write");
@@ -95,6 +96,30 @@ fn verify_list_and_a_flipped_byte() {
         text(&out).contains(&format!("…{}", &fpr[32..])),
         "list shows the key each needs"
     );
+
+    // The flipped run keeps its size, yet list shows it corrupt from the
+    // failed verify on, until a verify passes again.
+    let state_of = |run: &str| {
+        let out = daemon.ctl(&["list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["artifacts"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|a| a["run_id"] == run)
+            .map(|a| (a["artifact_state"].clone(), a["detail"].clone()))
+            .expect("listed")
+    };
+    let (state, detail) = state_of("flipped");
+    assert_eq!(state, "corrupt", "{detail}");
+    assert!(
+        detail.as_str().unwrap_or("").contains("last verify FAILED"),
+        "{detail}"
+    );
+    std::fs::write(&artifact, &original).expect("put the bytes back");
+    let out = daemon.ctl(&["verify", "flipped"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state_of("flipped").0, "complete");
 }
 
 #[test]

@@ -90,6 +90,8 @@ fn info(e: &Entry, signers: &[Cert]) -> ArtifactInfo {
             let m = &signed.manifest;
             let (state, detail) = if let Err(why) = authentic(e, signers) {
                 (ArtifactState::Corrupt, why)
+            } else if let Some(why) = &e.verify_failed {
+                (ArtifactState::Corrupt, format!("last verify FAILED: {why}"))
             } else if e.size_bytes != m.size_bytes {
                 (
                     ArtifactState::Corrupt,
@@ -161,6 +163,14 @@ pub fn verify(
         .into_iter()
         .map(|id| {
             let outcome = verify::verify(store, &id, trust);
+            // `list` shows the verdict from now on, until a verify passes.
+            let recorded = match &outcome {
+                Ok(_) => store.clear_verify_failed(&id),
+                Err(why) => store.mark_verify_failed(&id, why),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(run_id = %id, error = %e, "cannot record the verify result");
+            }
             VerifyResult {
                 artifact_ref: store.artifact_path(&id).display().to_string(),
                 ok: outcome.is_ok(),

@@ -37,6 +37,11 @@ pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 pub const SIGNATURE_SUFFIX: &str = ".manifest.json.sig";
 /// Suffix of a pin marker (`cutterctl pin`): prune never deletes that run.
 pub const PIN_SUFFIX: &str = ".pinned";
+/// Suffix of the marker a failed verify leaves (with its reason) until a
+/// verify passes again, so `list` keeps showing the run as corrupt.
+pub const FAILED_SUFFIX: &str = ".verify-failed";
+/// The longest failure reason kept or read.
+const MAX_REASON: u64 = 4096;
 const PARTIAL_SUFFIX: &str = ".partial";
 /// Prefix of the writability probe (removed at start-up if left behind).
 pub const PROBE_PREFIX: &str = ".probe-";
@@ -71,6 +76,8 @@ pub struct Entry {
     pub manifest: ManifestState,
     /// Pinned against prune.
     pub pinned: bool,
+    /// The reason the last verify FAILED, until one passes again.
+    pub verify_failed: Option<String>,
 }
 
 impl Entry {
@@ -103,6 +110,9 @@ fn signature_name(id: &RunId) -> String {
 }
 fn pin_name(id: &RunId) -> String {
     format!("{id}{PIN_SUFFIX}")
+}
+fn failed_name(id: &RunId) -> String {
+    format!("{id}{FAILED_SUFFIX}")
 }
 fn partial(name: &str) -> String {
     format!(".{name}{PARTIAL_SUFFIX}")
@@ -394,6 +404,32 @@ impl Store {
         at::sync(&dir).map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
+    /// Records that verify FAILED for `id` and why (replacing an older record).
+    pub fn mark_verify_failed(&self, id: &RunId, reason: &str) -> Result<()> {
+        let dir = self.open()?;
+        let name = failed_name(id);
+        let tmp = partial(&name);
+        at::remove(&dir, &tmp).map_err(|e| self.err("remove", &tmp, e))?;
+        let mut f = at::create_new(&dir, &tmp).map_err(|e| self.err("create", &tmp, e))?;
+        let reason: String = reason.chars().take(MAX_REASON as usize / 4).collect();
+        f.write_all(reason.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.err("write", &tmp, e))?;
+        at::rename(&dir, &tmp, &name).map_err(|e| self.err("rename into place", &name, e))?;
+        at::sync(&dir).map_err(|e| Error::io("fsync directory", &self.dir, e))
+    }
+
+    /// Clears the failure record after a verify passed.
+    pub fn clear_verify_failed(&self, id: &RunId) -> Result<()> {
+        let dir = self.open()?;
+        if at::remove(&dir, &failed_name(id))
+            .map_err(|e| self.err("remove", &failed_name(id), e))?
+        {
+            at::sync(&dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
     /// Lifts a pin (no error when there was none).
     pub fn unpin(&self, id: &RunId) -> Result<()> {
         let dir = self.open()?;
@@ -414,6 +450,7 @@ impl Store {
             signature_name(id),
             artifact_name(id),
             pin_name(id),
+            failed_name(id),
         ] {
             at::remove(&dir, &name).map_err(|e| self.err("remove", &name, e))?;
         }
@@ -448,11 +485,17 @@ impl Store {
                     Err(e) => ManifestState::Bad(e.to_string()),
                 };
             let pinned = at::is_regular(&dir, &pin_name(&id));
+            // Only a regular file counts; a planted one only makes the run
+            // look worse (list is a view: prune and restore verify in full).
+            let verify_failed = at::read_capped(&dir, &failed_name(&id), MAX_REASON)
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
             out.push(Entry {
                 run_id: id,
                 size_bytes,
                 manifest,
                 pinned,
+                verify_failed,
             });
         }
         out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
