@@ -6,6 +6,7 @@ mod harness;
 
 mod adversarial;
 mod fail_closed;
+mod faults;
 mod format;
 mod lifecycle;
 mod observability;

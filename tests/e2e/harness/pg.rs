@@ -249,6 +249,28 @@ impl Cluster {
         self.psql("postgres", "SELECT pg_reload_conf()");
     }
 
+    /// `pg_ctl stop -m fast` (the server is down until [`Cluster::start_again`]).
+    pub fn stop(&self) {
+        run(as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "fast", "-w", "stop"]),
+        ));
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        run(as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "-t", "30", "start"]),
+        ));
+    }
+
     /// What the server logged so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
