@@ -115,8 +115,9 @@ impl VerificationHelper for Helper<'_> {
     }
 
     fn check(&mut self, _structure: MessageStructure) -> openpgp::Result<()> {
-        // Artifacts are not signed; their integrity is the manifest's sha256
-        // (checked before decrypting) and the MDC (checked by the parser).
+        // Artifacts carry no signature of their own: the signed manifest's
+        // sha256 covers them (checked on the very bytes decrypted, see
+        // `HashingReader`), and the MDC is checked by the parser.
         Ok(())
     }
 }

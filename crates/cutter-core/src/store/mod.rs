@@ -80,16 +80,6 @@ pub struct Entry {
     pub verify_failed: Option<String>,
 }
 
-impl Entry {
-    /// The parsed manifest, if any.
-    pub fn manifest(&self) -> Option<&Manifest> {
-        match &self.manifest {
-            ManifestState::Present(s) => Some(&s.manifest),
-            _ => None,
-        }
-    }
-}
-
 /// What start-up recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
