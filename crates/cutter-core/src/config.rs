@@ -130,7 +130,9 @@ pub struct ServerConfig {
     /// are aborted (pg_dump killed, partials removed).
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: u64,
-    /// Connections open at once; one more is closed at accept.
+    /// Connections open at once. At the cap a new connection closes the
+    /// one idle the longest; it is refused only when every open connection
+    /// has a request in flight.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Selftest runs on this timer too, so health, STATUS and metrics
