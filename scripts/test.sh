@@ -7,13 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+# The test build has the test-only crash points (crates/cutter-core/src/
+# failpoint.rs) the reliability matrix uses; every step uses the same
+# features so nothing is rebuilt without them.
+export CUTTER_FEATURES=cutter-backupd/failpoints
+features=(--features "$CUTTER_FEATURES")
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 # The e2e tests run target/debug/cutter-backupd and cutterctl: build them first.
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked "${features[@]}"
 scripts/demo.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked "${features[@]}" 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -788,7 +788,7 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
     // Only when every connection has a request in flight is a new one refused.
     let mut cfg = world.config(Some(&fpr), Some(cert.clone()));
     cfg.server_extra = "max_connections = 1\n".into();
-    cfg.pg_dump = Some(crate::systemd::slow_pg_dump(world.work.path(), 3));
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 3));
     let daemon = world.start(&cfg);
     let socket = daemon.socket.clone();
     let busy = std::thread::spawn(move || {

@@ -10,6 +10,7 @@ pub mod db;
 pub mod decrypt;
 pub mod encrypt;
 pub mod error;
+pub mod failpoint;
 pub mod key;
 pub mod manifest;
 pub mod pgdump;
