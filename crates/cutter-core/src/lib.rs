@@ -11,6 +11,8 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod error;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod manifest;
 pub mod pgdump;
