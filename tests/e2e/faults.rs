@@ -36,6 +36,7 @@ async fn the_database_stopped_then_back_without_a_daemon_restart() {
         })
         .await
         .expect_err("the database is down");
+    eprintln!("observed: {:?}: {}", err.code(), err.message());
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let out = daemon.ctl(&["selftest"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -106,6 +107,7 @@ async fn garbage_http1_and_a_64_mib_message_are_refused_and_cost_nothing() {
         .expect("still answers");
     assert!(!status.into_inner().version.is_empty());
     let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    eprintln!("observed: peak RSS grew by {grown} KiB");
     assert!(
         grown < 16 * 1024,
         "peak RSS grew by {grown} KiB for a 64 MiB message"
@@ -197,6 +199,7 @@ async fn a_thousand_idle_connections_and_a_slowloris_do_not_lock_others_out() {
         "slowest answer {slowest:?} with 1000 idle connections open"
     );
     let sockets = open_sockets(daemon.pid());
+    eprintln!("observed: slowest of 20 new clients {slowest:?}, daemon sockets {sockets}");
     assert!(
         sockets <= max_connections + 16,
         "the daemon holds {sockets} sockets; the cap is {max_connections}"
@@ -290,6 +293,7 @@ async fn postgres_stopped_mid_dump_fails_the_call_and_leaves_nothing() {
         .await
         .expect("join")
         .expect_err("the dump lost its server");
+    eprintln!("observed: {:?}: {}", err.code(), err.message());
     assert!(
         matches!(err.code(), tonic::Code::Internal | tonic::Code::Unavailable),
         "{err:?}"
@@ -395,6 +399,10 @@ fn a_crash_between_the_renames_rolls_forward_and_one_before_them_leaves_nothing(
         assert!(out.status.success(), "{}", text(&out));
         let envelope: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("envelope json");
+        eprintln!(
+            "observed: {point}: files after restart {files:?}, retry reused={}",
+            envelope["reused"]
+        );
         assert_eq!(envelope["reused"], serde_json::json!(forward), "{envelope}");
         assert_complete_or_absent(&world, &daemon);
     }
@@ -470,6 +478,7 @@ async fn a_grant_revoked_mid_dump_fails_the_dump_cleanly() {
         .await
         .expect("join")
         .expect_err("the dump lost its grant");
+    eprintln!("observed: {:?}: {}", err.code(), err.message());
     assert!(err.message().contains("permission denied"), "{err:?}");
     assert!(err.message().contains(TABLES[0]), "{err:?}");
     assert_complete_or_absent(&world, &daemon);
@@ -506,6 +515,7 @@ fn a_table_dropped_between_selftest_and_dump_is_named_in_the_error() {
         .psql("directus", &format!("DROP TABLE {SCHEMA}.{victim}"));
     std::fs::write(points.join("backup-before-snapshot.resume"), b"").expect("resume");
     let out = caller.join().expect("caller");
+    eprintln!("observed: {}", text(&out).trim());
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(victim), "{}", text(&out));
     assert!(text(&out).contains("no longer exists"), "{}", text(&out));
@@ -553,6 +563,7 @@ fn a_full_backup_dir_fails_preflight_or_mid_write_and_returns_the_space() {
     assert!(text(&out).contains("FAIL  backup_dir"), "{}", text(&out));
     assert!(text(&out).contains("free space"), "{}", text(&out));
     let out = daemon.ctl(&["backup", "--run-id", "too-big"]);
+    eprintln!("observed (preflight): {}", text(&out).trim());
     assert!(!out.status.success(), "{}", text(&out));
     assert!(list_dir(&dir).is_empty(), "{:?}", list_dir(&dir));
     drop(daemon);
@@ -571,6 +582,7 @@ fn a_full_backup_dir_fails_preflight_or_mid_write_and_returns_the_space() {
     let fill = dir.join("zz-filler");
     std::fs::write(&fill, vec![0u8; usize::try_from(free).expect("usize")]).ok();
     let out = caller.join().expect("caller");
+    eprintln!("observed (mid-write): {}", text(&out).trim());
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("No space left on device"),

@@ -13,8 +13,11 @@ use crate::copyrows::CopyRows;
 use crate::manifest::Manifest;
 use crate::runid::RunId;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the directory names under `fuzz/corpus/`).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("config", config),
     ("run_id", run_id),
     ("manifest", manifest),
