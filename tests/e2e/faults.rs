@@ -585,8 +585,10 @@ fn a_full_backup_dir_fails_preflight_or_mid_write_and_returns_the_space() {
     eprintln!("observed (mid-write): {}", text(&out).trim());
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("No space left on device"),
-        "the error names the cause: {}",
+        text(&out).contains("ResourceExhausted")
+            && text(&out).contains("No space left on device")
+            && text(&out).contains("free space"),
+        "the error names the cause and the fix: {}",
         text(&out)
     );
     let left: Vec<String> = list_dir(&dir)

@@ -314,7 +314,11 @@ fn stream(
         &keys,
         packing,
     )
-    .map_err(Error::Encrypt);
+    .map_err(|e| match sink.write_error() {
+        // The file, not the encryption, failed: say which and why.
+        Some(kind) => Error::io("write", "the partial artifact", io::Error::new(kind, e)),
+        None => Error::Encrypt(e),
+    });
     if encrypted.is_err() {
         // The reader may be waiting on the pipe: end pg_dump before joining it.
         dump.killer().kill();
