@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cutter_backup::v1::{PreWriteBackupRequest, StatusRequest};
+use cutter_backup::v1::{BackupEnvelope, PreWriteBackupRequest, StatusRequest};
 
 use crate::harness::daemon::ctl;
 use crate::harness::proc::{run, wait_until, workspace_bin};
@@ -266,23 +266,35 @@ fn wait_for_copy_of(world: &World, table: &str) {
     );
 }
 
+/// A daemon whose scope also holds a `mib` MiB table `name`, and a backup of
+/// `run_id` caught while pg_dump copies that table.
+async fn backup_caught_copying(
+    world: &World,
+    name: &str,
+    mib: u64,
+    run_id: &str,
+) -> (
+    Daemon,
+    tokio::task::JoinHandle<Result<tonic::Response<BackupEnvelope>, tonic::Status>>,
+) {
+    let table = world.add_table(name, mib);
+    let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
+    let mut cfg = world.config(Some(&fpr), Some(cert));
+    cfg.tables.push(table);
+    let daemon = world.start(&cfg);
+    let mut client = daemon.client().await;
+    let request = PreWriteBackupRequest {
+        run_id: run_id.into(),
+    };
+    let call = tokio::spawn(async move { client.pre_write_backup(request).await });
+    wait_for_copy_of(world, name);
+    (daemon, call)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stopped_mid_dump_fails_the_call_and_leaves_nothing() {
     let world = World::new(Grants::All);
-    let big = world.add_table("big", 300);
-    let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
-    let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.tables.push(big);
-    let daemon = world.start(&cfg);
-    let mut client = daemon.client().await;
-    let call = tokio::spawn(async move {
-        client
-            .pre_write_backup(PreWriteBackupRequest {
-                run_id: "db-dies".into(),
-            })
-            .await
-    });
-    wait_for_copy_of(&world, "big");
+    let (daemon, call) = backup_caught_copying(&world, "big", 300, "db-dies").await;
     wait_until(
         Duration::from_secs(60),
         || partial_bytes(&world).is_some_and(|n| n > 1 << 20),
@@ -452,20 +464,7 @@ fn a_client_that_hangs_up_mid_backup_gets_the_same_envelope_on_retry() {
 async fn a_grant_revoked_mid_dump_fails_the_dump_cleanly() {
     let world = World::new(Grants::All);
     // Dumped first (name order), and large enough to be caught mid-copy.
-    let first = world.add_table("a0_first", 60);
-    let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
-    let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.tables.push(first);
-    let daemon = world.start(&cfg);
-    let mut client = daemon.client().await;
-    let call = tokio::spawn(async move {
-        client
-            .pre_write_backup(PreWriteBackupRequest {
-                run_id: "revoked".into(),
-            })
-            .await
-    });
-    wait_for_copy_of(&world, "a0_first");
+    let (daemon, call) = backup_caught_copying(&world, "a0_first", 60, "revoked").await;
     world.pg.psql(
         "directus",
         &format!(

@@ -88,24 +88,11 @@ pub fn copy_rows(data: &[u8]) {
 /// manifest that names one recipient key.
 pub fn structure(data: &[u8]) {
     let manifest = Manifest {
-        format: crate::manifest::FORMAT,
-        run_id: "fuzz".into(),
-        created_at: String::new(),
-        artifact: "fuzz.sql.gpg".into(),
-        sha256: String::new(),
-        size_bytes: 0,
-        gpg_fpr: String::new(),
         recipients: vec![crate::manifest::Recipient {
             fingerprint: String::new(),
             encryption_keys: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
         }],
-        tables: Vec::new(),
-        plaintext_bytes: 0,
-        compression: "none".into(),
-        server_version: String::new(),
-        pg_dump_version: String::new(),
-        producer: String::new(),
-        duration_ms: 0,
+        ..Manifest::default()
     };
     let _ = crate::verify::check_structure(Cursor::new(data.to_vec()), &manifest);
 }

@@ -29,8 +29,9 @@ pub struct TableRows {
     pub rows: u64,
 }
 
-/// `<run_id>.manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `<run_id>.manifest.json`. (`Default` is for tests and fuzzing: a
+/// default manifest is format 0, which nothing accepts.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// [`FORMAT`].
     pub format: u32,

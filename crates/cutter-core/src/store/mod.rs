@@ -557,14 +557,7 @@ mod tests {
             sha256,
             size_bytes,
             gpg_fpr: "F".repeat(40),
-            recipients: Vec::new(),
-            tables: Vec::new(),
-            plaintext_bytes: 0,
-            compression: "none".into(),
-            server_version: String::new(),
-            pg_dump_version: String::new(),
-            producer: String::new(),
-            duration_ms: 0,
+            ..Manifest::default()
         }
     }
 
