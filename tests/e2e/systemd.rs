@@ -274,7 +274,7 @@ fn units_are_hardened_and_verify_clean() {
     for unit in ["cutter-backupd.service", "cutter-backupd.socket"] {
         let text = std::fs::read_to_string(root.join("deploy").join(unit)).expect("unit");
         let text = text.replace(
-            "/usr/local/bin/cutter-backupd",
+            "/usr/bin/cutter-backupd",
             &workspace_bin("cutter-backupd").display().to_string(),
         );
         std::fs::write(dir.path().join(unit), text).expect("write unit");
