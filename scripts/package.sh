@@ -97,6 +97,9 @@ sed -e "s/@VERSION@/$version/" -e "s/@DATE@/$date_rfc2822/" deploy/debian/change
   | gzip -9n > "$doc/changelog.Debian.gz"
 chmod 0644 "$doc"/*.gz
 
+mkdir -p "$pkg/usr/share/lintian/overrides"
+install -m 0644 deploy/debian/lintian-overrides "$pkg/usr/share/lintian/overrides/cutter-backup"
+
 for s in postinst prerm postrm; do install -m 0755 "deploy/debian/$s" "$pkg/DEBIAN/$s"; done
 
 # Depends: the shared libraries the binaries really link (dpkg-shlibdeps
