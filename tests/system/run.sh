@@ -440,7 +440,7 @@ for _ in $(seq 40); do
   sleep 0.25
 done
 t_stop=$SECONDS
-in_c systemctl stop cutter-backupd.service
+in_c systemctl stop cutter-backupd.service 2> "$work/stop.err"
 stop_rc=$?
 stop_secs=$((SECONDS - t_stop))
 wait "$backup_client"; client_rc=$?

@@ -152,7 +152,7 @@ impl Psql {
                 "database.url or database.password_file in the config is unusable".into(),
             ));
         };
-        let mut c = self.live_identity_cmd(live);
+        let c = self.live_identity_cmd(live);
         let out = run(&self.bin, c, IDENTITY.as_bytes())?;
         if !out.status.success() {
             return Err(unknown(format!(
