@@ -140,6 +140,7 @@ chmod 0600 "$work/root/opt/incomex/docker/.env"
 cp "$deb1" "$work/root/root/"
 install -d -m 0700 "$work/root/root/upgrade" && cp "$deb2" "$work/root/root/upgrade/"
 
+t0=$SECONDS
 # --private-network: the container's PostgreSQL gets its own loopback, so
 # port 5432 cannot collide with the host's.
 systemd-nspawn --register=no --keep-unit --private-network -D "$work/root" -b \
@@ -381,14 +382,18 @@ if [ "$keep_rc" = 0 ] && [ "$keygen2_rc" = 0 ] && [ "$rotate_rc" = 0 ] && [ "$rc
 else
   fail "runbook 8a rotation" "rc $keep_rc/$keygen2_rc/$rotate_rc/$rc, new FPR '$new_fpr': $(tail -n 4 <<<"$listing" | tr '\n' ' ') $(brief)"
 fi
-# The old key still opens the transition period's backup.
-in_c gpg --batch --yes --pinentry-mode loopback --passphrase-fd 0 --export-secret-keys "$fpr" \
-  <<<"$passphrase1" > "$work/old-secret.gpg" 2>/dev/null
-if in_c bash -c "export GNUPGHOME=\$(mktemp -d) && gpg --batch -q --import && gpg --batch -q --pinentry-mode loopback --passphrase-fd 3 --decrypt /var/lib/cutter/backups/$rotated_run.sql.gpg 3<<<'$passphrase1' | grep -c '^COPY '" \
-  < "$work/old-secret.gpg" 2>&1 | grep -qx 9; then
+# The old key alone still opens the transition period's backup: a keyring
+# holding only the old secret key (passphrase in a 0600 file, never argv).
+(umask 077; printf '%s' "$passphrase1" > "$work/root/root/.systest/old-pp")
+in_c gpg --batch --yes --pinentry-mode loopback --passphrase-file /root/.systest/old-pp \
+  --export-secret-keys "$fpr" > "$work/root/root/.systest/old-secret.gpg" 2>/dev/null
+old_copies=$(in_c bash -c 'export GNUPGHOME=$(mktemp -d) && gpg --batch -q --import /root/.systest/old-secret.gpg \
+  && gpg --batch -q --pinentry-mode loopback --passphrase-file /root/.systest/old-pp --decrypt "$1" | grep -c "^COPY "' \
+  _ "/var/lib/cutter/backups/$rotated_run.sql.gpg" 2>&1)
+if [ "$old_copies" = 9 ]; then
   pass "runbook 8a the old key alone still decrypts the rotated backup"
 else
-  fail "runbook 8a the old key alone still decrypts the rotated backup" "gpg with only the old key failed"
+  fail "runbook 8a the old key alone still decrypts the rotated backup" "$old_copies"
 fi
 
 run_block restore-role
