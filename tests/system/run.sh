@@ -387,6 +387,7 @@ fi
 (umask 077; printf '%s' "$passphrase1" > "$work/root/root/.systest/old-pp")
 in_c gpg --batch --yes --pinentry-mode loopback --passphrase-file /root/.systest/old-pp \
   --export-secret-keys "$fpr" > "$work/root/root/.systest/old-secret.gpg" 2>/dev/null
+# shellcheck disable=SC2016 # expanded by the container's bash
 old_copies=$(in_c bash -c 'export GNUPGHOME=$(mktemp -d) && gpg --batch -q --import /root/.systest/old-secret.gpg \
   && gpg --batch -q --pinentry-mode loopback --passphrase-file /root/.systest/old-pp --decrypt "$1" | grep -c "^COPY "' \
   _ "/var/lib/cutter/backups/$rotated_run.sql.gpg" 2>&1)
