@@ -119,12 +119,15 @@ if [ -f "$cached/.complete" ]; then
   root_note="cached"
 else
   mkdir -p "$cache_base"
-  rm -rf --one-file-system "$cached.partial"
-  if debootstrap "${boot_args[@]}" "$cached.partial" "$mirror" > "$work/debootstrap.log" 2>&1; then
-    touch "$cached.partial/.complete"
-    rm -rf --one-file-system "$cached" && mv "$cached.partial" "$cached"
+  # Built beside the cache under this run's name, renamed when complete: a
+  # run that dies half-way or a concurrent run never sees a partial root.
+  partial="$cached.partial.$$"
+  if debootstrap "${boot_args[@]}" "$partial" "$mirror" > "$work/debootstrap.log" 2>&1; then
+    touch "$partial/.complete"
+    if ! mv -T "$partial" "$cached" 2>/dev/null; then rm -rf --one-file-system "$partial"; fi
     root_note="built in $((SECONDS - t0)) s"
   else
+    rm -rf --one-file-system "$partial"
     fatal debian-root "debootstrap failed: $(tail -n 3 "$work/debootstrap.log" | tr '\n' ' ')"
   fi
 fi
