@@ -132,7 +132,7 @@ else
   fi
 fi
 cp -a --reflink=auto "$cached" "$work/root" || fatal debian-root "copying $cached failed"
-pass "debian-root ($root_note, $cached, copied in $((SECONDS - t0)) s)"
+pass "debian-root ($root_note, $cached, ready for this run after $((SECONDS - t0)) s)"
 
 # --- boot -------------------------------------------------------------------------
 # The operator's world before the package: an env file with unrelated
