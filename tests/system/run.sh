@@ -434,20 +434,27 @@ fi
 # Partials start with '.'; a clean state has none.
 backups_clean() { ! in_c find /var/lib/cutter/backups -mindepth 1 -maxdepth 1 -name '.*' | grep -q .; }
 
-# systemctl stop while pg_dump waits on a lock a session holds for 8 s: the
-# stop waits for the backup, which completes; nothing partial is left.
+# A backup (run_id $1) held up for 8 s: a session holds an exclusive lock
+# on one table, so pg_dump waits. Sets $locker and $backup_client (pids of
+# the background jobs) and $waiting (sessions of cutter_exec waiting on it).
+backup_behind_lock() {
+  psql_su -d directus -c "BEGIN; LOCK TABLE cutter_governance.cut_run IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;" > /dev/null 2>&1 &
+  locker=$!
+  sleep 0.5
+  in_c cutterctl backup --run-id "$1" > "$work/$1.out" 2>&1 &
+  backup_client=$!
+  waiting=0
+  for _ in $(seq 40); do
+    waiting=$(psql_su -At -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'cutter_exec' AND wait_event_type = 'Lock'")
+    [ "${waiting:-0}" -gt 0 ] && break
+    sleep 0.25
+  done
+}
+
+# systemctl stop during that backup: the stop waits for it, it completes,
+# nothing partial is left.
 in_c systemctl start cutter-backupd.service
-psql_su -d directus -c "BEGIN; LOCK TABLE cutter_governance.cut_run IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;" > /dev/null 2>&1 &
-locker=$!
-sleep 0.5
-in_c cutterctl backup --run-id stop-during-backup > "$work/stop-backup.out" 2>&1 &
-backup_client=$!
-waiting=0
-for _ in $(seq 40); do
-  waiting=$(psql_su -At -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'cutter_exec' AND wait_event_type = 'Lock'")
-  [ "${waiting:-0}" -gt 0 ] && break
-  sleep 0.25
-done
+backup_behind_lock stop-during-backup
 t_stop=$SECONDS
 in_c systemctl stop cutter-backupd.service 2> "$work/stop.err"
 stop_rc=$?
@@ -460,7 +467,7 @@ if [ "${waiting:-0}" -gt 0 ] && [ "$stop_rc" = 0 ] && [ "$result" = success ] &&
   && backups_clean && in_c cutterctl verify stop-during-backup > /dev/null 2>&1; then
   pass "lifecycle stop during a backup: it finished and verifies, stop took ${stop_secs} s, Result=success, no partials"
 else
-  fail "lifecycle stop during a backup" "dump waiting on the lock: ${waiting:-0}, stop rc $stop_rc in ${stop_secs} s, Result=$result, client rc $client_rc: $(tail -n 2 "$work/stop-backup.out" | tr '\n' ' '); files: $(in_c ls -A /var/lib/cutter/backups | tr '\n' ' ')"
+  fail "lifecycle stop during a backup" "dump waiting on the lock: ${waiting:-0}, stop rc $stop_rc in ${stop_secs} s, Result=$result, client rc $client_rc: $(tail -n 2 "$work/stop-during-backup.out" | tr '\n' ' '); files: $(in_c ls -A /var/lib/cutter/backups | tr '\n' ' ')"
 fi
 
 # SIGSTOP: the watchdog notices the silence and systemd restarts the daemon.
@@ -515,21 +522,31 @@ else
 fi
 
 # --- package lifecycle ------------------------------------------------------------
+# Upgrade N -> N+1 while a backup runs: the new postinst restarts the
+# daemon, which first lets the backup finish.
 before=$(in_c ls /var/lib/cutter/backups | sort)
 pid1=$(svc MainPID)
 cursor=$(in_c journalctl --show-cursor -n 0 -q | sed -n 's/^-- cursor: //p')
-if out=$(in_c dpkg -i "/root/upgrade/$(basename "$deb2")" 2>&1) \
+backup_behind_lock upgrade-during-backup
+out=$(in_c dpkg -i "/root/upgrade/$(basename "$deb2")" 2>&1)
+upgrade_rc=$?
+wait "$backup_client"; client_rc=$?
+wait "$locker" 2>/dev/null
+after=$(in_c ls /var/lib/cutter/backups | sort)
+lost=$(comm -23 <(printf '%s\n' "$before") <(printf '%s\n' "$after"))
+if [ "$upgrade_rc" = 0 ] && [ "${waiting:-0}" -gt 0 ] && [ "$client_rc" = 0 ] \
   && [ "$(in_c dpkg-query -W -f="\${Version}" cutter-backup)" = "$(dpkg-deb -f "$deb2" Version)" ] \
   && [ "$(svc ActiveState)" = active ] && [ "$(svc MainPID)" != "$pid1" ] \
   && in_c journalctl --after-cursor "$cursor" -u cutter-backupd --no-pager -q | grep -q 'Deactivated successfully' \
-  && [ "$(in_c ls /var/lib/cutter/backups | sort)" = "$before" ] \
+  && [ -z "$lost" ] && in_c cutterctl verify upgrade-during-backup > /dev/null 2>&1 && backups_clean \
   && in_c grep -q '^\[\[key.additional_recipients\]\]' /etc/cutter/backupd.toml \
   && in_c cutterctl selftest > /dev/null 2>&1; then
-  pass "package upgrade $(dpkg-deb -f "$deb1" Version) -> $(dpkg-deb -f "$deb2" Version): daemon restarted cleanly, backups and config edits kept, selftest PASS"
+  pass "package upgrade $(dpkg-deb -f "$deb1" Version) -> $(dpkg-deb -f "$deb2" Version) during a backup: it finished and verifies, daemon restarted cleanly, backups and config edits kept, selftest PASS"
 else
-  fail "package upgrade" "$(svc ActiveState), pid $pid1 -> $(svc MainPID): $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+  fail "package upgrade" "rc $upgrade_rc, dump waiting: ${waiting:-0}, client rc $client_rc, $(svc ActiveState), pid $pid1 -> $(svc MainPID), lost: ${lost:-none}: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
 fi
 
+before=$after
 out=$(in_c dpkg --purge cutter-backup 2>&1)
 purge_rc=$?
 if [ "$purge_rc" = 0 ] && grep -q 'KEPT' <<<"$out" && grep -q '/var/lib/cutter/backups' <<<"$out" \
