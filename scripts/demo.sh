@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
-cargo build --workspace --bins --locked -q
+# scripts/test.sh passes its cargo features on (CUTTER_FEATURES), so the demo
+# does not rebuild the binaries the test suite then runs.
+cargo build --workspace --bins --locked -q ${CUTTER_FEATURES:+--features "$CUTTER_FEATURES"}
 bin="$PWD/target/debug"
 
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)

@@ -753,7 +753,7 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
         .expect_err("denied");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     drop(daemon);
-    let mut cfg = world.config(Some(&fpr), Some(cert));
+    let mut cfg = world.config(Some(&fpr), Some(cert.clone()));
     cfg.server_extra = "max_connections = 3\n".into();
     let daemon = world.start(&cfg);
     let err = daemon
@@ -770,16 +770,44 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
         "{err:?}"
     );
 
-    // Connections beyond the cap are closed; freeing one lets clients in again.
+    // At the cap, the longest-idle connection is closed to admit a new one.
     let idle: Vec<_> = (0..3)
         .map(|_| std::os::unix::net::UnixStream::connect(&daemon.socket).expect("connect"))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let out = daemon.ctl(&["status"]);
+    assert!(out.status.success(), "idle ones make room: {}", text(&out));
+    let closed = idle
+        .iter()
+        .filter(|s| crate::faults::closed_by_daemon(s))
+        .count();
+    assert!(closed >= 1, "no idle connection was closed");
+    drop(idle);
+    drop(daemon);
+
+    // Only when every connection has a request in flight is a new one refused.
+    let mut cfg = world.config(Some(&fpr), Some(cert.clone()));
+    cfg.server_extra = "max_connections = 1\n".into();
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 3));
+    let daemon = world.start(&cfg);
+    let socket = daemon.socket.clone();
+    let busy = std::thread::spawn(move || {
+        crate::harness::daemon::ctl(&socket, &["backup", "--run-id", "busy"])
+    });
+    crate::harness::proc::wait_until(
+        Duration::from_secs(10),
+        || world.backup_files().iter().any(|f| f.ends_with(".partial")),
+        || "the backup never started".into(),
+    );
+    let out = daemon.ctl(&["status"]);
     assert_ne!(out.status.code(), Some(0), "over the cap: {}", text(&out));
     assert!(daemon.log().contains("max_connections"), "{}", daemon.log());
-    drop(idle);
-    std::thread::sleep(Duration::from_millis(200));
+    let out = busy.join().expect("busy caller");
+    assert!(
+        out.status.success(),
+        "the busy one is untouched: {}",
+        text(&out)
+    );
     let out = daemon.ctl(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
     drop(daemon);

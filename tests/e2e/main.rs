@@ -14,4 +14,5 @@ mod operations;
 mod python_client;
 mod requests;
 mod roundtrip;
+mod soak;
 mod systemd;

@@ -364,7 +364,7 @@ fn cutterctl_without_a_daemon_says_so_with_its_own_exit_code() {
 fn backup_progress_on_a_terminal_and_silence_otherwise() {
     let (world, fpr, cert) = ready_world();
     let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.pg_dump = Some(crate::systemd::slow_pg_dump(world.work.path(), 4));
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 4));
     let daemon = world.start(&cfg);
     // `script` gives cutterctl a terminal, as an operator's shell would.
     let cmd = format!(
@@ -429,22 +429,9 @@ fn completions_and_man_pages_are_generated() {
 #[test]
 fn reloads_never_let_more_than_max_concurrent_dumps_run() {
     let (world, fpr, cert) = ready_world();
-    // A pg_dump that logs its start and end (appends of one short line are
-    // atomic) and takes a second, so backups overlap the reloads.
-    let log = world.work.path().join("dumps.log");
-    let wrapper = world.work.path().join("counting-pg_dump");
-    let real = pg::bindir().join("pg_dump");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n\
-             echo start >> {log}\nsleep 1\n{real} \"$@\"\nrc=$?\necho end >> {log}\nexit $rc\n",
-            real = real.display(),
-            log = log.display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A pg_dump that logs its start and end and takes a second, so backups
+    // overlap the reloads.
+    let (wrapper, log) = crate::harness::dumpers::counting(world.work.path(), 1);
     let mut cfg = world.config(Some(&fpr), Some(cert));
     cfg.pg_dump = Some(wrapper);
     cfg.extra = "max_concurrent = 2\n".into();
@@ -473,11 +460,7 @@ fn reloads_never_let_more_than_max_concurrent_dumps_run() {
             daemon.log()
         );
     }
-    let (mut running, mut most) = (0i32, 0i32);
-    for line in std::fs::read_to_string(&log).expect("log").lines() {
-        running += if line == "start" { 1 } else { -1 };
-        most = most.max(running);
-    }
+    let most = crate::harness::dumpers::most_at_once(&log);
     assert_eq!(most, 2, "pg_dumps at once (max_concurrent = 2)");
     assert!(
         daemon.ctl(&["status"]).status.success(),

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::proc::{require, run, wait_until, workspace_bin};
-use crate::harness::{Daemon, Grants, KeyKind, World, pg};
+use crate::harness::{Daemon, Grants, KeyKind, World};
 
 /// A datagram socket in the world's work directory where the daemon's
 /// NOTIFY_SOCKET points, read with a short timeout.
@@ -131,22 +131,6 @@ async fn socket_activation_uses_the_passed_listener() {
     );
 }
 
-/// A pg_dump that holds its output back for `secs` before passing it on.
-pub fn slow_pg_dump(dir: &Path, secs: u32) -> PathBuf {
-    let real = pg::bindir().join("pg_dump");
-    let path = dir.join(format!("pg_dump-slow-{secs}"));
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{real} \"$@\" | {{ sleep {secs}; cat; }}\n",
-            real = real.display()
-        ),
-    )
-    .expect("write wrapper");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path
-}
-
 fn wait_for_partial(world: &World) {
     wait_until(
         Duration::from_secs(10),
@@ -160,7 +144,7 @@ fn sigterm_lets_a_running_backup_finish() {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
     let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.pg_dump = Some(slow_pg_dump(world.work.path(), 2));
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 2));
     cfg.server_extra = "stop_grace_secs = 60\n".into();
     let mut daemon = world.start(&cfg);
     let socket = daemon.socket.clone();
@@ -195,7 +179,7 @@ fn sigterm_past_the_grace_period_aborts_and_leaves_nothing() {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
     let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.pg_dump = Some(slow_pg_dump(world.work.path(), 60));
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 60));
     cfg.server_extra = "stop_grace_secs = 1\n".into();
     let mut daemon = world.start(&cfg);
     let socket = daemon.socket.clone();
@@ -232,7 +216,7 @@ async fn a_stalled_dump_is_aborted_and_cleaned_up() {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
     let mut cfg = world.config(Some(&fpr), Some(cert));
-    cfg.pg_dump = Some(slow_pg_dump(world.work.path(), 60));
+    cfg.pg_dump = Some(crate::harness::dumpers::slow(world.work.path(), 60));
     cfg.extra = "stall_timeout_secs = 1\n".into();
     let daemon = world.start(&cfg);
     let t0 = Instant::now();

@@ -231,5 +231,6 @@ fn to_status(e: &Error) -> Status {
         ErrorKind::Unavailable => Status::unavailable(msg),
         ErrorKind::Internal => Status::internal(msg),
         ErrorKind::AlreadyExists => Status::already_exists(msg),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
     }
 }

@@ -4,14 +4,15 @@
 //! decoded; and at start, [`reachable`] refuses uids that a user namespace
 //! (`PrivateUsers=yes`) would show as nobody.
 
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
+
+use crate::listener::ConnInfo;
 
 /// The peer's uid, if the transport knows it.
 pub fn uid<T>(req: &Request<T>) -> Option<u32> {
     req.extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
+        .get::<ConnInfo>()
+        .and_then(|info| info.uds.peer_cred)
         .map(|cred| cred.uid())
 }
 

@@ -92,6 +92,7 @@ pub async fn run(
     // Every service sits behind the same peer check.
     let auth = authorizer(Arc::clone(&daemon));
     tonic::transport::Server::builder()
+        .layer(listener::TrackLayer)
         .add_service(InterceptedService::new(service, auth.clone()))
         .add_service(InterceptedService::new(health_service, auth.clone()))
         .add_service(InterceptedService::new(

@@ -123,7 +123,8 @@ pub async fn take(
     progress: &Arc<AtomicU64>,
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let mut snapshot = setup.db.snapshot().await?;
+    crate::failpoint::pause("backup-before-snapshot").await;
+    let mut snapshot = setup.db.snapshot(ready.tables()).await?;
     let mut partial = setup.store.create_partial_artifact(run_id)?;
     let file = partial
         .take_file()
@@ -148,7 +149,16 @@ pub async fn take(
     if let Err(e) = snapshot.release().await {
         tracing::warn!(error = %e, "closing the snapshot transaction failed");
     }
-    let streamed = streamed?;
+    // When both fail, the count's error is often the cause (a failed query
+    // aborts the snapshot's transaction, and pg_dump then cannot import it).
+    let streamed = match (streamed, &counts) {
+        (Err(Error::PgDump(dump)), Err(count)) => {
+            return Err(Error::PgDump(format!(
+                "{dump}; counting rows in the snapshot failed too: {count}"
+            )));
+        }
+        (s, _) => s?,
+    };
     let counts = counts?;
     check_counts(&counts, &streamed.copy_rows)?;
     let manifest = Manifest {
@@ -304,7 +314,11 @@ fn stream(
         &keys,
         packing,
     )
-    .map_err(Error::Encrypt);
+    .map_err(|e| match sink.write_error() {
+        // The file, not the encryption, failed: say which and why.
+        Some(kind) => Error::io("write", "the partial artifact", io::Error::new(kind, e)),
+        None => Error::Encrypt(e),
+    });
     if encrypted.is_err() {
         // The reader may be waiting on the pipe: end pg_dump before joining it.
         dump.killer().kill();

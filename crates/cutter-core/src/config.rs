@@ -130,7 +130,9 @@ pub struct ServerConfig {
     /// are aborted (pg_dump killed, partials removed).
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: u64,
-    /// Connections open at once; one more is closed at accept.
+    /// Connections open at once. At the cap a new connection closes the
+    /// one idle the longest; it is refused only when every open connection
+    /// has a request in flight.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Selftest runs on this timer too, so health, STATUS and metrics
@@ -352,12 +354,18 @@ impl Config {
         if !path.is_file() {
             return Err(bad("no such file (pass --config FILE)".into()));
         }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        Self::from_toml(&text).map_err(bad)
+    }
+
+    /// Parses and validates config text (what [`Config::load`] reads).
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
         let cfg: Config = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| bad(e.to_string()))?;
-        cfg.validate().map_err(bad)?;
+            .map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -519,6 +527,11 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(Error::io("read env file", path, e)),
     };
+    Ok(parse_env(&text))
+}
+
+/// The `NAME=value` lines of env-file text (see [`read_env_file`]).
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -536,7 +549,7 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
             vars.insert(k.trim().to_owned(), v.to_owned());
         }
     }
-    Ok(vars)
+    vars
 }
 
 #[cfg(test)]

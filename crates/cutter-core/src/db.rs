@@ -364,8 +364,12 @@ impl Database {
             .collect())
     }
 
-    /// Opens a read-only REPEATABLE READ transaction and exports its snapshot.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
+    /// Opens a read-only REPEATABLE READ transaction, exports its snapshot,
+    /// and checks that every table in scope still exists: one dropped since
+    /// the preflight check is named here (NotReady), before pg_dump starts.
+    /// Without this, the row count's error aborts the snapshot transaction
+    /// and pg_dump reports only that it could not import the snapshot.
+    pub async fn snapshot(&self, tables: &[TableName]) -> Result<Snapshot> {
         let sql_err = |e: sqlx::Error| Error::from_sqlx(&e);
         let mut tx = self.pool.begin().await.map_err(sql_err)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -376,6 +380,22 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(sql_err)?;
+        let (schemas, names) = split_names(tables);
+        let missing: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', s, n) FROM unnest($1::text[], $2::text[]) AS t(s, n) \
+             WHERE to_regclass(format('%I.%I', s, n)) IS NULL",
+        )
+        .bind(schemas)
+        .bind(names)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        if !missing.is_empty() {
+            return Err(Error::NotReady(format!(
+                "table {} is in backup.tables but no longer exists (dropped after the preflight check): restore it, or remove it from backup.tables and reload",
+                missing.join(", ")
+            )));
+        }
         Ok(Snapshot { tx, id })
     }
 

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Internal,
     /// Something stands under the run's names that cannot be returned.
     AlreadyExists,
+    /// The file system is full (or a quota is reached); free space, retry.
+    ResourceExhausted,
 }
 
 /// Everything that can go wrong in the core library.
@@ -78,6 +80,18 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An [`Error::Io`] whose cause is a full file system or a quota.
+    #[error(
+        "{action} {path}: {source}: the file system is full; free space (in backup.dir: `cutterctl prune`) and retry"
+    )]
+    DiskFull {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error (ENOSPC or EDQUOT).
+        source: std::io::Error,
+    },
     /// The daemon is stopping and takes no new backups.
     #[error("the daemon is stopping; retry once it is back")]
     Stopping,
@@ -117,6 +131,7 @@ impl Error {
             | Error::ConfigKey { .. }
             | Error::CorruptArtifact { .. } => ErrorKind::FailedPrecondition,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::DiskFull { .. } => ErrorKind::ResourceExhausted,
             Error::DatabaseUnavailable(_) | Error::Stopping => ErrorKind::Unavailable,
             Error::Database(_)
             | Error::PgDump(_)
@@ -126,11 +141,23 @@ impl Error {
         }
     }
 
-    /// Shorthand for an [`Error::Io`].
+    /// Shorthand for an [`Error::Io`] ([`Error::DiskFull`] when that is
+    /// the cause).
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            return Error::DiskFull {
+                action,
+                path,
+                source,
+            };
+        }
         Error::Io {
             action,
-            path: path.into(),
+            path,
             source,
         }
     }

@@ -10,6 +10,9 @@ pub mod db;
 pub mod decrypt;
 pub mod encrypt;
 pub mod error;
+pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod manifest;
 pub mod pgdump;

@@ -3,6 +3,7 @@
 //! A missing binary fails loudly; nothing here is a mock.
 
 pub mod daemon;
+pub mod dumpers;
 pub mod gpg;
 pub mod pg;
 pub mod proc;
@@ -112,6 +113,23 @@ impl World {
     /// Every file name in the backups directory, sorted (partials included).
     pub fn backup_files(&self) -> Vec<String> {
         list_dir(&self.backups)
+    }
+
+    /// Adds `SCHEMA.name` with about `mib` MiB of dump text (incompressible
+    /// enough to stream), readable by the daemon's role; returns its name.
+    pub fn add_table(&self, name: &str, mib: u64) -> String {
+        // One row is ~105 bytes in the dump.
+        let rows = mib * 1024 * 1024 / 105;
+        let table = format!("{SCHEMA}.{name}");
+        self.pg.psql(
+            "directus",
+            &format!(
+                "CREATE TABLE {table} AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) AS pad \
+                 FROM generate_series(1, {rows}) g; GRANT SELECT ON {table} TO {role}",
+                role = pg::ROLE
+            ),
+        );
+        table
     }
 }
 

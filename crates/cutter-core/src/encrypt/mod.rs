@@ -35,6 +35,7 @@ pub struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     bytes: u64,
+    failed: Option<io::ErrorKind>,
 }
 
 impl<W: Write> HashingWriter<W> {
@@ -44,7 +45,14 @@ impl<W: Write> HashingWriter<W> {
             inner,
             hasher: Sha256::new(),
             bytes: 0,
+            failed: None,
         }
+    }
+
+    /// The kind of the first write error, if a write failed (the encryptor
+    /// reports errors as text; this keeps "disk full" recognisable).
+    pub fn write_error(&self) -> Option<io::ErrorKind> {
+        self.failed
     }
 
     /// The inner writer, the lowercase hex sha256 and the byte count.
@@ -55,14 +63,19 @@ impl<W: Write> HashingWriter<W> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self
+            .inner
+            .write(buf)
+            .inspect_err(|e| _ = self.failed.get_or_insert(e.kind()))?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner
+            .flush()
+            .inspect_err(|e| _ = self.failed.get_or_insert(e.kind()))
     }
 }
 

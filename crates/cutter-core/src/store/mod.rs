@@ -200,11 +200,13 @@ impl Store {
                 .map_err(|e| self.err("write", tmp, e))?;
         }
         let artifact_tmp = artifact.name.take().unwrap_or_default();
+        crate::failpoint::hit("commit-before-renames");
         let mut placed = Vec::new();
         let mut result = at::rename_new(dir, &artifact_tmp, &artifact_name(&id))
             .map_err(|e| self.err("rename into place", &artifact_name(&id), e));
         if result.is_ok() {
             placed.push(artifact_name(&id));
+            crate::failpoint::hit("commit-after-artifact-rename");
             for (tmp, fin, _) in &staged {
                 result = at::rename_new(dir, tmp, fin)
                     .map_err(|e| self.err("rename into place", fin, e));
@@ -212,6 +214,9 @@ impl Store {
                     break;
                 }
                 placed.push(fin.clone());
+                if *fin == signature_name(&id) {
+                    crate::failpoint::hit("commit-after-signature-rename");
+                }
             }
         }
         if result.is_err() {
