@@ -5,10 +5,14 @@
 # script(1) (the TTY test); openssl (the TLS test's CA), prometheus (promtool
 # checks the metrics and alert rules), python3-venv (the Python client's
 # tests; scripts/python-venv.sh makes the venv), util-linux (unshare, for the
-# journald field test). Idempotent: does nothing when everything is present.
+# journald field test); for the system test (tests/system/run.sh) and
+# scripts/package.sh: systemd-container (systemd-nspawn), debootstrap,
+# dpkg-dev (dpkg-shlibdeps; binutils' strip and readelf), lintian.
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils openssl prometheus python3-venv util-linux)
+packages=(postgresql postgresql-client gnupg libssl-dev pkg-config procps ca-certificates systemd bsdutils openssl prometheus python3-venv util-linux
+  systemd-container debootstrap dpkg-dev binutils lintian)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -2,7 +2,10 @@
 # The whole test suite, as the README and CI run it: install what is needed,
 # check formatting and lints, build the binaries the end-to-end tests drive,
 # run every test (unit + end-to-end against a throwaway PostgreSQL and real
-# GnuPG). The README demo runs first, so the suite's summary closes the log.
+# GnuPG), then the system test (tests/system/run.sh: the .deb under a real
+# systemd in a Debian 12 container, docs/operations.md run as written). The
+# README demo runs first, so the suite's summary closes the log: one line
+# counting both, and a non-zero exit when either failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +21,21 @@ cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 cargo build --workspace --bins --locked "${features[@]}"
 scripts/demo.sh
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked "${features[@]}" 2>&1 | tee "$log"
-# One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+syslog=$(mktemp)
+trap 'rm -f "$log" "$syslog"' EXIT
+cargo_rc=0
+cargo test --workspace --locked "${features[@]}" 2>&1 | tee "$log" || cargo_rc=$?
+# It packages target/debug's binaries, this test build (no release build in
+# the test suite; the failpoints only fire when a test arms them).
+system_rc=0
+tests/system/run.sh 2>&1 | tee "$syslog" || system_rc=$?
+# One closing line for the whole suite: cargo prints one per test binary,
+# the system test one "N passed, M failed" at its end.
+awk -v sys="$syslog" '
+  FILENAME != sys && /^test result:/ { p += $4; f += $6 }
+  FILENAME == sys && /^[0-9]+ passed, [0-9]+ failed$/ { sp = $1; sf = $3 }
+  END { printf "tests: %d passed, %d failed\n", p + sp, f + sf }' "$log" "$syslog"
+if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ]; then
+  echo "FAILED: cargo test exit $cargo_rc, tests/system/run.sh exit $system_rc" >&2
+  exit 1
+fi

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     }
     if args.print_man {
         use clap::CommandFactory;
-        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+        // Section 8: a system daemon (the package installs it in man8).
+        let man = clap_mangen::Man::new(Args::command()).section("8");
+        return match man.render(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cutter-backupd: {e}");

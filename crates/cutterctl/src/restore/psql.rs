@@ -65,12 +65,17 @@ impl Psql {
     /// settings), so objects a dump left behind cannot shadow what our own
     /// queries call.
     fn cmd(&self, database: &str, user: &str) -> Command {
+        self.cmd_on(&self.target, database, user)
+    }
+
+    /// psql on `server`'s host, port and TLS settings, as `cmd` does.
+    fn cmd_on(&self, server: &ConnTarget, database: &str, user: &str) -> Command {
         let mut c = Command::new(&self.bin);
         clear_pg_env(&mut c);
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(format!(
                 "{} options='-c search_path=pg_catalog'",
-                self.target.conninfo(database, user)
+                server.conninfo(database, user)
             ))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -147,8 +152,7 @@ impl Psql {
                 "database.url or database.password_file in the config is unusable".into(),
             ));
         };
-        let mut c = self.cmd(&live.database, &live.user);
-        c.arg("-At").envs(live.env());
+        let c = self.live_identity_cmd(live);
         let out = run(&self.bin, c, IDENTITY.as_bytes())?;
         if !out.status.success() {
             return Err(unknown(format!(
@@ -164,6 +168,15 @@ impl Psql {
             )));
         }
         Ok(())
+    }
+
+    /// psql asking the live database for its identity: on the live
+    /// server's own host and port with its password (the target may be
+    /// reached another way, e.g. its Unix socket while the daemon uses TCP).
+    fn live_identity_cmd(&self, live: &ConnTarget) -> Command {
+        let mut c = self.cmd_on(live, &live.database, &live.user);
+        c.arg("-At").envs(live.env());
+        c
     }
 
     /// Makes the load role (non-superuser, no memberships, marked as
@@ -560,6 +573,30 @@ mod tests {
             .read_to_string(&mut out)
             .expect("read");
         out
+    }
+
+    #[test]
+    fn the_live_database_is_asked_on_its_own_host_not_the_targets() {
+        let target = ConnTarget::parse("postgres://root@/scratch?host=/run/postgresql", None)
+            .expect("target");
+        let live = ConnTarget::parse("postgres://cutter_exec@127.0.0.1:5433/directus", None)
+            .expect("live");
+        let psql = Psql {
+            bin: PathBuf::from("psql"),
+            target,
+            role: "cutter_restore".into(),
+            live_gone: false,
+        };
+        let c = psql.live_identity_cmd(&live);
+        let conninfo = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .find(|a| a.starts_with("host="))
+            .expect("a conninfo argument");
+        assert!(
+            conninfo.starts_with("host='127.0.0.1' port=5433 dbname='directus' user='cutter_exec'"),
+            "{conninfo}"
+        );
     }
 
     #[test]
