@@ -12,6 +12,7 @@ pub mod encrypt;
 pub mod error;
 pub mod key;
 pub mod manifest;
+pub mod offsite;
 pub mod pgdump;
 pub mod retention;
 pub mod runid;
