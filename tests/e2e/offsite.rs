@@ -308,7 +308,7 @@ async fn wrong_credentials_fail_selftest_naming_the_file() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     let line = t
         .lines()
-        .find(|l| l.contains("offsite"))
+        .find(|l| l.split_whitespace().nth(1) == Some("offsite"))
         .unwrap_or_else(|| panic!("no offsite check:\n{t}"));
     assert!(line.contains("FAIL"), "{line}");
     assert!(

@@ -116,6 +116,9 @@ impl SeaweedFs {
                 "-s3",
                 &format!("-s3.port={}", p[6]),
                 &format!("-s3.port.grpc={}", p[7]),
+                // Fixed default ports would collide between concurrent tests.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
             ])
             .arg(format!(
                 "-s3.config={}",
