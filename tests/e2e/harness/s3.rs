@@ -105,8 +105,8 @@ impl SeaweedFs {
             .args([
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
-                "-volume.max=16",
-                "-master.volumeSizeLimitMB=64",
+                "-volume.max=32",
+                "-master.volumeSizeLimitMB=256",
                 &format!("-master.port={}", p[0]),
                 &format!("-master.port.grpc={}", p[1]),
                 &format!("-volume.port={}", p[2]),

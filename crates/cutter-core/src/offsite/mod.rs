@@ -286,7 +286,7 @@ impl Offsite {
         let probe = if self.config.probe {
             let key = self.bucket.key(&format!("{}/{PROBE_NAME}", self.host));
             self.bucket
-                .put_small(
+                .put_probe(
                     &key,
                     format!("cutter-backupd probe {}\n", queue::now()).into_bytes(),
                 )
