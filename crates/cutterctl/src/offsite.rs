@@ -61,6 +61,11 @@ async fn runs(o: &Offsite, host: Option<&str>) -> anyhow::Result<Vec<RemoteRun>>
         .map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
     for (h, objects) in s3::by_host(&o.bucket, &listed) {
+        // Key names are the bucket writer's to choose: only host and run
+        // names our rules allow reach the terminal.
+        if cutter_core::config::check_host(&h).is_err() {
+            continue;
+        }
         let base = o.bucket.key(&format!("{h}/"));
         let names: Vec<(&str, &s3::Listed)> = objects
             .iter()

@@ -405,7 +405,14 @@ fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Resul
             info.size, m.size_bytes
         ));
     }
+    // A multipart object's checksum is the sha256 of the parts' sha256s,
+    // "-N" appended; services that report another form for it are judged
+    // by size and metadata (each part's sha256 was verified on upload).
+    let comparable = |got: &str, want: &str| {
+        got.rsplit_once('-').map(|(_, n)| n) == want.rsplit_once('-').map(|(_, n)| n)
+    };
     if let (Some(got), Some(want)) = (&info.checksum_sha256, checksum)
+        && comparable(got, want)
         && got != want
     {
         return Err(format!(
@@ -414,7 +421,9 @@ fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Resul
     }
     match &info.meta_sha256 {
         Some(s) if s.eq_ignore_ascii_case(&m.sha256) => Ok(()),
-        _ if info.checksum_sha256.is_some() && checksum.is_some() => Ok(()),
+        _ if info.checksum_sha256.is_some() && checksum == info.checksum_sha256.as_deref() => {
+            Ok(())
+        }
         _ => Err("the object does not carry this manifest's sha256".into()),
     }
 }
@@ -457,6 +466,79 @@ impl<W: Write> Write for HashingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offsite(dir: &std::path::Path, max_lag_secs: u64) -> Offsite {
+        use std::os::unix::fs::PermissionsExt;
+        let creds = dir.join("creds");
+        std::fs::write(&creds, "aws_access_key_id = a\naws_secret_access_key = b\n")
+            .expect("write");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let cfg: OffsiteConfig = toml_cfg(&format!(
+            "url = \"s3://bucket/p\"\ncredentials_file = {:?}\nhost = \"h\"\nqueue_dir = {:?}\nmax_lag_secs = {max_lag_secs}\n",
+            creds.display().to_string(),
+            dir.join("q").display().to_string()
+        ));
+        Offsite::new(&cfg).expect("offsite")
+    }
+
+    fn toml_cfg(text: &str) -> OffsiteConfig {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .expect("config")
+    }
+
+    #[test]
+    fn pending_uploads_warn_then_fail_past_max_lag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = offsite(dir.path(), 600);
+        assert_eq!(o.with_queue(Status::Pass, "ok".into()).0, Status::Pass);
+        let q = o.queue.as_ref().expect("queue");
+        let id = RunId::parse("r1").expect("id");
+        q.push(&id).expect("push");
+        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
+        assert_eq!(st, Status::Warn, "{detail}");
+        assert!(
+            detail.contains("1 upload(s) pending, oldest r1"),
+            "{detail}"
+        );
+        let mut p = q.get(&id).expect("queued");
+        p.enqueued_at -= 601;
+        p.last_error = "HTTP 503".into();
+        q.write(&p).expect("write");
+        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
+        assert_eq!(st, Status::Fail, "{detail}");
+        assert!(
+            detail.contains("past offsite.max_lag_secs = 600") && detail.contains("HTTP 503"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn head_confirms_size_and_checksum() {
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 2, "run_id": "r", "created_at": "", "artifact": "r.sql.gpg",
+            "sha256": "ab", "size_bytes": 10, "gpg_fpr": "", "recipients": [], "tables": [],
+            "plaintext_bytes": 0, "compression": "", "server_version": "",
+            "pg_dump_version": "", "producer": "", "duration_ms": 0
+        }))
+        .expect("manifest");
+        let info = |size, sum: Option<&str>, meta: Option<&str>| s3::ObjectInfo {
+            size,
+            checksum_sha256: sum.map(str::to_owned),
+            meta_sha256: meta.map(str::to_owned),
+            ..s3::ObjectInfo::default()
+        };
+        assert!(confirm(&info(10, Some("X"), Some("ab")), &m, Some("X")).is_ok());
+        assert!(confirm(&info(9, Some("X"), Some("ab")), &m, Some("X")).is_err());
+        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X")).is_err());
+        assert!(confirm(&info(10, Some("Y-3"), Some("ab")), &m, Some("X-3")).is_err());
+        // Another form for a multipart object: size and metadata decide.
+        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X-3")).is_ok());
+        assert!(confirm(&info(10, None, Some("cd")), &m, None).is_err());
+        assert!(confirm(&info(10, None, None), &m, Some("X")).is_err());
+    }
 
     #[test]
     fn loopback_endpoints_are_recognised() {

@@ -71,7 +71,7 @@ impl Queue {
         &self.dir
     }
 
-    fn write(&self, p: &Pending) -> Result<(), String> {
+    pub(crate) fn write(&self, p: &Pending) -> Result<(), String> {
         let io = |e: std::io::Error| format!("offsite queue {}: {e}", self.dir.display());
         let tmp = self.dir.join(format!(".{}.tmp", p.run_id));
         let _ = std::fs::remove_file(&tmp);
