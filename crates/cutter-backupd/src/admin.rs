@@ -61,6 +61,10 @@ struct State {
     last_attempt: Option<f64>,
     /// (completed at, duration seconds, size bytes)
     last_success: Option<(f64, f64, u64)>,
+    /// Offsite uploads by result (ok, failed).
+    uploads: BTreeMap<&'static str, u64>,
+    /// (pending uploads, age of the oldest in seconds), when offsite is on.
+    queue: Option<(u64, u64)>,
 }
 
 /// The daemon's reporting surface.
@@ -125,6 +129,7 @@ impl Admin {
             return;
         }
         *newest = seq;
+        self.state().queue = queue_state(setup);
         let passed = report.passed();
         let changed = {
             let mut st = self.state();
@@ -207,6 +212,15 @@ impl Admin {
         self.write_textfile(setup).await;
     }
 
+    /// An offsite upload ended (required mode or the async queue).
+    pub fn offsite_upload(&self, setup: &Setup, ok: bool) {
+        let mut st = self.state();
+        *st.uploads
+            .entry(if ok { "ok" } else { "failed" })
+            .or_default() += 1;
+        st.queue = queue_state(setup);
+    }
+
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let st = self.state();
@@ -260,6 +274,28 @@ impl Admin {
                 "cutter_backup_last_size_bytes",
                 "Artifact size of the last new backup.",
                 size as f64,
+            );
+        }
+        if let Some((pending, age)) = st.queue {
+            m.counter(
+                "cutter_backup_offsite_uploads_total",
+                "Offsite uploads by result (ok, failed; a failed attempt of the async queue counts each time).",
+                &["ok", "failed"].map(|r| {
+                    (
+                        [("result", r)],
+                        st.uploads.get(r).copied().unwrap_or(0) as f64,
+                    )
+                }),
+            );
+            m.single(
+                "cutter_backup_offsite_pending",
+                "Runs waiting in the offsite upload queue (async mode).",
+                pending as f64,
+            );
+            m.single(
+                "cutter_backup_offsite_oldest_pending_seconds",
+                "How long the oldest queued upload has waited (0 when none).",
+                age as f64,
             );
         }
         if let Some(s) = &st.selftest {
@@ -421,6 +457,17 @@ impl Metrics {
         self.header(name, help, kind);
         self.samples(name, samples);
     }
+}
+
+/// Pending uploads and the oldest one's age, when offsite is configured.
+pub fn queue_state(setup: &Setup) -> Option<(u64, u64)> {
+    let o = setup.offsite.as_ref()?.as_ref().ok()?;
+    let pending = o.queue.as_ref().map(|q| q.list()).unwrap_or_default();
+    let age = pending
+        .first()
+        .map(|p| cutter_core::offsite::queue::now().saturating_sub(p.enqueued_at))
+        .unwrap_or(0);
+    Some((pending.len() as u64, age))
 }
 
 fn escape_label(v: &str) -> String {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, watch};
 
 use cutter_core::backup::{self, Cancel, Producer};
-use cutter_core::config::Config;
+use cutter_core::config::{Config, OffsiteMode};
 use cutter_core::manifest::Manifest;
 use cutter_core::runid::RunId;
 use cutter_core::selftest::{self, Ready, Report};
@@ -40,6 +40,8 @@ pub struct Done {
     pub reused: bool,
     /// The store it was written to.
     pub store: Store,
+    /// `s3://…` of the confirmed offsite copy (required mode), else empty.
+    pub offsite_ref: String,
 }
 
 /// The outcome of one flight, shared by every caller of that run_id.
@@ -79,6 +81,7 @@ pub struct Daemon {
     producer: Producer,
     admin: Admin,
     selftest_seq: AtomicU64,
+    offsite_wake: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -97,6 +100,7 @@ impl Daemon {
             started: Instant::now(),
             admin,
             selftest_seq: AtomicU64::new(0),
+            offsite_wake: tokio::sync::Notify::new(),
             producer: Producer(format!(
                 "cutter-backupd {} ({})",
                 cutter_backup::VERSION,
@@ -315,7 +319,10 @@ impl Daemon {
                 manifest: m,
                 reused: true,
                 store: setup.store.clone(),
-            });
+                offsite_ref: String::new(),
+            })
+            .and_then_offsite(self, &setup, id)
+            .await;
         }
         let _permit = Arc::clone(&self.permits)
             .acquire_owned()
@@ -342,7 +349,10 @@ impl Daemon {
                     manifest: m,
                     reused: false,
                     store: setup.store.clone(),
+                    offsite_ref: String::new(),
                 })
+                .and_then_offsite(self, &setup, id)
+                .await
             }
             Err(e) => {
                 tracing::error!(
@@ -351,6 +361,116 @@ impl Daemon {
                     "backup failed run_id={run_id}: {e}; nothing was left behind"
                 );
                 Err(e)
+            }
+        }
+    }
+}
+
+/// The offsite step after a local commit (or an idempotent retry).
+trait ThenOffsite {
+    async fn and_then_offsite(
+        self,
+        daemon: &Daemon,
+        setup: &Setup,
+        id: &RunId,
+    ) -> Result<Done, Error>;
+}
+
+impl ThenOffsite for Result<Done, Error> {
+    /// `required`: upload and confirm now, or fail UNAVAILABLE (the local
+    /// artifact stays; a retry of the run_id only uploads). `async`: queue
+    /// it durably and wake the uploader.
+    async fn and_then_offsite(
+        self,
+        daemon: &Daemon,
+        setup: &Setup,
+        id: &RunId,
+    ) -> Result<Done, Error> {
+        let mut done = self?;
+        let Some(cfg) = &setup.config.offsite else {
+            return Ok(done);
+        };
+        let offsite_err = |reason: String| Error::Offsite {
+            run_id: id.to_string(),
+            reason,
+        };
+        let o = match setup.offsite.as_ref() {
+            Some(Ok(o)) => Arc::clone(o),
+            Some(Err(why)) => return Err(offsite_err(why.clone())),
+            None => return Ok(done),
+        };
+        match cfg.mode {
+            OffsiteMode::Required => {
+                let result = o.upload(&done.store, id).await;
+                daemon.admin.offsite_upload(setup, result.is_ok());
+                match result {
+                    Ok(r) => done.offsite_ref = r,
+                    Err(reason) => {
+                        tracing::error!(run_id = %id, error = %reason, "offsite upload failed run_id={id}: {reason}");
+                        return Err(offsite_err(reason));
+                    }
+                }
+            }
+            OffsiteMode::Async => {
+                let queue = o
+                    .queue
+                    .as_ref()
+                    .ok_or_else(|| offsite_err("no queue".into()))?;
+                queue.push(id).map_err(offsite_err)?;
+                daemon.offsite_wake.notify_one();
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Daemon {
+    /// The async mode's uploader: drains `offsite.queue_dir` with backoff,
+    /// woken by every queued backup and once a second; runs for the
+    /// daemon's life (what it has not finished stays queued on disk).
+    pub async fn run_uploader(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.offsite_wake.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            if self.is_stopping() {
+                return;
+            }
+            let setup = self.setup();
+            let Some(Ok(o)) = setup.offsite.as_ref() else {
+                continue;
+            };
+            let Some(queue) = o.queue.as_ref() else {
+                continue;
+            };
+            let max_backoff = setup
+                .config
+                .offsite
+                .as_ref()
+                .map_or(300, |c| c.retry_max_secs);
+            for p in queue.list() {
+                if p.next_at > cutter_core::offsite::queue::now() || self.is_stopping() {
+                    continue;
+                }
+                let Ok(id) = RunId::parse(&p.run_id) else {
+                    continue;
+                };
+                let result = o.upload(&setup.store, &id).await;
+                self.admin.offsite_upload(&setup, result.is_ok());
+                let recorded = match &result {
+                    Ok(r) => {
+                        tracing::info!(run_id = %id, offsite_ref = %r, attempts = p.attempts + 1, "queued offsite upload done run_id={id}");
+                        queue.done(&id)
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id = %id, error = %e, attempts = p.attempts + 1, "queued offsite upload failed run_id={id}: {e}");
+                        queue.failed(&p, e, max_backoff)
+                    }
+                };
+                if let Err(e) = recorded {
+                    tracing::error!(run_id = %id, error = %e, "cannot update the offsite queue");
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ use cutter_core::setup::KeyResolution;
 use cutter_core::{Error, ErrorKind, key};
 
 use crate::daemon::{Daemon, Done, summarize};
-use crate::ops;
+use crate::{offsite_ops, ops};
 
 /// The gRPC face of [`Daemon`].
 #[derive(Clone)]
@@ -121,14 +121,20 @@ impl BackupService for Service {
                 .as_ref()
                 .map(|s| s.fingerprint())
                 .unwrap_or_default(),
+            ..offsite_status(&setup)
         }))
     }
 
     async fn list(&self, _req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let setup = self.0.setup();
-        ops::blocking(move || ops::list(&setup.store, &ops::own_signer(&setup)))
-            .await
-            .map(Response::new)
+        let remote = offsite_ops::remote_runs(&setup).await;
+        ops::blocking(move || {
+            let mut reply = ops::list(&setup.store, &ops::own_signer(&setup))?;
+            offsite_ops::merge(&mut reply, &setup, remote);
+            Ok(reply)
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
@@ -145,17 +151,20 @@ impl BackupService for Service {
     async fn prune(&self, req: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
         let confirm = req.into_inner().confirm;
         let setup = self.0.setup();
-        ops::blocking(move || ops::prune(&setup, confirm))
-            .await
-            .map(Response::new)
+        let local = Arc::clone(&setup);
+        let mut reply = ops::blocking(move || ops::prune(&local, confirm)).await?;
+        offsite_ops::prune(&setup, &mut reply).await;
+        Ok(Response::new(reply))
     }
 
     async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinReply>, Status> {
         let r = req.into_inner();
-        let store = self.0.setup().store.clone();
-        ops::blocking(move || ops::pin(&store, &r.run_id, r.pinned, &r.note))
-            .await
-            .map(|()| Response::new(PinReply {}))
+        let setup = self.0.setup();
+        let store = setup.store.clone();
+        let (run_id, pinned) = (r.run_id.clone(), r.pinned);
+        ops::blocking(move || ops::pin(&store, &r.run_id, r.pinned, &r.note)).await?;
+        offsite_ops::hold(&setup, &run_id, pinned).await?;
+        Ok(Response::new(PinReply {}))
     }
 
     async fn metrics(
@@ -207,6 +216,37 @@ fn envelope(done: &Done) -> BackupEnvelope {
         recipient_fprs: m.recipients.iter().map(|r| r.fingerprint.clone()).collect(),
         signature_ref: store.signature_path(id).display().to_string(),
         signer_fpr: done.signer_fpr.clone(),
+        offsite_ref: done.offsite_ref.clone(),
+    }
+}
+
+/// The offsite fields of Status.
+fn offsite_status(setup: &cutter_core::setup::Setup) -> StatusReport {
+    let Some(cfg) = &setup.config.offsite else {
+        return StatusReport::default();
+    };
+    let pending = match &setup.offsite {
+        Some(Ok(o)) => o.queue.as_ref().map(|q| q.list()).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    StatusReport {
+        offsite_mode: match cfg.mode {
+            cutter_core::config::OffsiteMode::Required => "required",
+            cutter_core::config::OffsiteMode::Async => "async",
+        }
+        .to_owned(),
+        offsite_pending: u32::try_from(pending.len()).unwrap_or(u32::MAX),
+        offsite_oldest_pending_secs: pending
+            .first()
+            .map(|p| cutter_core::offsite::queue::now().saturating_sub(p.enqueued_at))
+            .unwrap_or(0),
+        offsite_last_error: pending
+            .iter()
+            .rev()
+            .find(|p| !p.last_error.is_empty())
+            .map(|p| p.last_error.clone())
+            .unwrap_or_default(),
+        ..StatusReport::default()
     }
 }
 

@@ -9,6 +9,7 @@ mod grpc;
 mod listener;
 mod logging;
 mod notify;
+mod offsite_ops;
 mod ops;
 mod peer;
 mod server;

@@ -70,6 +70,7 @@ pub async fn run(
     spawn_selftest_timer(&daemon);
     spawn_reloader(&daemon, hup);
     spawn_watchdog(&daemon);
+    tokio::spawn(Arc::clone(&daemon).run_uploader());
 
     let stop = {
         let daemon = Arc::clone(&daemon);

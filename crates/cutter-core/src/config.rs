@@ -45,6 +45,217 @@ pub struct Config {
     /// `[metrics]`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[offsite]`: copies in S3-compatible object storage (off when absent).
+    pub offsite: Option<OffsiteConfig>,
+}
+
+/// When a backup call returns relative to its offsite copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsiteMode {
+    /// The envelope only after the remote copy is confirmed (`offsite_ref`).
+    Required,
+    /// The envelope at once; a durable queue uploads in the background.
+    Async,
+}
+
+/// S3 Object Lock retention mode set on every uploaded object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Nobody, not even the bucket owner, can shorten or remove it.
+    Compliance,
+    /// Principals with `s3:BypassGovernanceRetention` can.
+    Governance,
+}
+
+/// `[offsite]`: where offsite copies go and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsiteConfig {
+    /// `s3://bucket/prefix`; objects go under `<prefix>/<host>/<run_id>…`.
+    pub url: String,
+    /// Endpoint URL of an S3-compatible service (default: AWS for `region`).
+    pub endpoint: Option<String>,
+    /// Region the requests are signed for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// self-hosted services need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`),
+    /// mode 0600 or a systemd credential; never in this file.
+    pub credentials_file: PathBuf,
+    /// `required` (default) or `async`.
+    #[serde(default = "default_offsite_mode")]
+    pub mode: OffsiteMode,
+    /// This host's name in the bucket (default: the system host name).
+    pub host: Option<String>,
+    /// Object Lock retention per object, in days (0: none set by us).
+    #[serde(default)]
+    pub lock_days: u32,
+    /// `compliance` (default) or `governance`.
+    #[serde(default = "default_lock_mode")]
+    pub lock_mode: LockMode,
+    /// Let `cutterctl prune --confirm` delete remote copies of pruned runs
+    /// (never locked ones). Lifecycle rules are the preferred way.
+    #[serde(default)]
+    pub prune: bool,
+    /// Selftest writes a probe object (true) or only HEADs the bucket.
+    #[serde(default = "default_true")]
+    pub probe: bool,
+    /// Async mode: selftest WARNs while uploads are pending and FAILs once
+    /// the oldest has waited longer than this.
+    #[serde(default = "default_max_lag")]
+    pub max_lag_secs: u64,
+    /// The durable upload queue (async mode); never inside `backup.dir`.
+    #[serde(default = "default_queue_dir")]
+    pub queue_dir: PathBuf,
+    /// Multipart part size, and the size above which uploads are multipart.
+    #[serde(default = "default_part_size")]
+    pub part_size_mib: u64,
+    /// Timeout of one request attempt (a part, a HEAD).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Attempts per request, with exponential backoff between them.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Async mode: the longest wait between two attempts of a queued
+    /// upload (1 s, 2 s, 4 s … up to this).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_offsite_mode() -> OffsiteMode {
+    OffsiteMode::Required
+}
+fn default_lock_mode() -> LockMode {
+    LockMode::Compliance
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_lag() -> u64 {
+    3600
+}
+fn default_queue_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cutter/offsite-queue")
+}
+fn default_part_size() -> u64 {
+    16
+}
+fn default_request_timeout() -> u64 {
+    120
+}
+fn default_max_attempts() -> u32 {
+    4
+}
+fn default_retry_max() -> u64 {
+    300
+}
+
+/// `s3://bucket/prefix`, split and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix without leading or trailing '/', maybe empty.
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("offsite.url {url:?} must look like s3://bucket/prefix"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let ok_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !ok_bucket {
+            return Err(format!(
+                "offsite.url bucket {bucket:?} is not a valid bucket name (3-63 lowercase letters, digits, '-', '.')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        for seg in prefix.split('/').filter(|s| !s.is_empty()) {
+            let ok = seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "offsite.url prefix segment {seg:?} is not allowed (letters, digits, '.', '_', '-'; no '..')"
+                ));
+            }
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+/// A host name usable as one key segment (the run_id rules).
+pub fn check_host(host: &str) -> std::result::Result<(), String> {
+    crate::runid::RunId::parse(host)
+        .map(|_| ())
+        .map_err(|_| format!("offsite.host {host:?} must be 1-128 letters, digits, '.', '_', '-', not starting with '.'"))
+}
+
+impl OffsiteConfig {
+    fn validate(&self, backup_dir: &Path) -> std::result::Result<(), String> {
+        S3Url::parse(&self.url)?;
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("https://") || e.starts_with("http://"))
+        {
+            return Err(format!(
+                "offsite.endpoint {e:?} must be an http:// or https:// URL"
+            ));
+        }
+        if let Some(h) = &self.host {
+            check_host(h)?;
+        }
+        if self.region.is_empty() {
+            return Err("offsite.region is empty".into());
+        }
+        if !(5..=1024).contains(&self.part_size_mib) {
+            return Err(
+                "offsite.part_size_mib must be 5..=1024 (S3's minimum part is 5 MiB)".into(),
+            );
+        }
+        if self.lock_days > 36500 {
+            return Err("offsite.lock_days must be at most 36500".into());
+        }
+        if self.request_timeout_secs == 0 || self.max_attempts == 0 || self.max_lag_secs == 0 {
+            return Err(
+                "offsite.request_timeout_secs, offsite.max_attempts and offsite.max_lag_secs must be at least 1"
+                    .into(),
+            );
+        }
+        let dir = std::path::absolute(backup_dir).unwrap_or_default();
+        for (key, p) in [
+            ("offsite.credentials_file", &self.credentials_file),
+            ("offsite.queue_dir", &self.queue_dir),
+        ] {
+            if std::path::absolute(p).unwrap_or_default().starts_with(&dir) {
+                return Err(format!(
+                    "{key} {} is inside backup.dir: anyone who can write backups could read or plant it; keep it in the state directory",
+                    p.display()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[metrics]`: Prometheus text format for node_exporter's textfile collector.
@@ -408,6 +619,9 @@ impl Config {
                 key.display()
             ));
         }
+        if let Some(o) = &self.offsite {
+            o.validate(&self.backup.dir)?;
+        }
         Ok(())
     }
 
@@ -564,6 +778,24 @@ mod tests {
         assert!(check_url("postgres://u@h/db?sslmode=require&PASSWORD=pw").is_err());
         let e = check_url("postgres://u@h/db?target_session_attrs=any").expect_err("unknown");
         assert!(e.contains("target_session_attrs"), "{e}");
+    }
+
+    #[test]
+    fn s3_urls_are_split_and_checked() {
+        let u = S3Url::parse("s3://my-bucket/a/b/").expect("ok");
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("my-bucket", "a/b"));
+        assert_eq!(S3Url::parse("s3://bkt").expect("ok").prefix, "");
+        for bad in [
+            "http://b/x",
+            "s3://B/x",
+            "s3://ab",
+            "s3://bkt/../x",
+            "s3://bkt/a b",
+        ] {
+            assert!(S3Url::parse(bad).is_err(), "{bad}");
+        }
+        assert!(check_host("db-1.example").is_ok());
+        assert!(check_host("../x").is_err());
     }
 
     #[test]

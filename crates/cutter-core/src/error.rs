@@ -109,6 +109,18 @@ pub enum Error {
         /// Why they cannot be returned.
         reason: String,
     },
+    /// The offsite copy could not be made or confirmed (`offsite.mode =
+    /// "required"`); the local artifact is kept, and a retry of the same
+    /// run_id only re-attempts the upload.
+    #[error(
+        "offsite copy of {run_id} failed: {reason}; the local artifact is kept, retry the same run_id to upload again"
+    )]
+    Offsite {
+        /// The run.
+        run_id: String,
+        /// What failed and what to fix.
+        reason: String,
+    },
     /// An artifact exists under the final name but does not match its manifest.
     #[error(
         "artifact {path} exists but does not verify ({reason}); move it aside for inspection, it is never overwritten"
@@ -132,7 +144,9 @@ impl Error {
             | Error::CorruptArtifact { .. } => ErrorKind::FailedPrecondition,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::DiskFull { .. } => ErrorKind::ResourceExhausted,
-            Error::DatabaseUnavailable(_) | Error::Stopping => ErrorKind::Unavailable,
+            Error::DatabaseUnavailable(_) | Error::Stopping | Error::Offsite { .. } => {
+                ErrorKind::Unavailable
+            }
             Error::Database(_)
             | Error::PgDump(_)
             | Error::Encrypt(_)

@@ -21,6 +21,11 @@ use crate::time::rfc3339;
 /// The check that the manifest signing key is usable.
 pub const SIGNER: &str = "signer";
 
+/// The offsite copy check. It never refuses a local backup: in required
+/// mode the upload step fails the call instead, in async mode the queue
+/// waits, so the database is never left without its local pre-write backup.
+pub const OFFSITE: &str = "offsite";
+
 /// The exact text operators grep for (from the operator report).
 pub const UNSET_MESSAGE: &str = "required env var BACKUP_GPG_FPR is unset";
 
@@ -73,6 +78,14 @@ impl Report {
             .map(|c| format!("{}: {}", c.name, c.detail))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// No check that guards a local backup FAILed (every check but
+    /// [`OFFSITE`]).
+    pub fn backup_ready(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| c.status != Status::Fail || c.name == OFFSITE)
     }
 
     /// The error a backup returns when this report has a FAIL.
@@ -166,7 +179,8 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
         }
     };
     check_backup_dir(setup, sizes, &mut report);
-    let ready = match (report.passed(), key, pg_dump, server, signer) {
+    check_offsite(setup, &mut report).await;
+    let ready = match (report.backup_ready(), key, pg_dump, server, signer) {
         (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server), Some(signer)) => {
             Some(Ready {
                 key,
@@ -642,6 +656,17 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             free >> 20
         ),
     );
+}
+
+async fn check_offsite(setup: &Setup, report: &mut Report) {
+    match &setup.offsite {
+        None => {}
+        Some(Err(why)) => report.push(OFFSITE, Status::Fail, why.clone()),
+        Some(Ok(o)) => {
+            let (status, detail) = o.check().await;
+            report.push(OFFSITE, status, detail);
+        }
+    }
 }
 
 /// Bytes available to the daemon on the file system holding `dir`.

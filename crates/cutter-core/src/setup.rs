@@ -11,6 +11,7 @@ use crate::config::{Config, FPR_ENV, FprSource, KeyConfig, TableName, configured
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::key::{Fingerprint, LoadedCert, load_cert, shown};
+use crate::offsite::Offsite;
 use crate::pgdump::{self, PgDumpVersion};
 use crate::signer::Signer;
 use crate::store::Store;
@@ -59,6 +60,9 @@ pub struct Setup {
     pub store: Store,
     /// The manifest signing key, or why it cannot be used.
     pub signer: std::result::Result<Arc<Signer>, String>,
+    /// `[offsite]` when configured: the client and queue, or why they
+    /// cannot be used (selftest FAILs `offsite` and says so).
+    pub offsite: Option<std::result::Result<Arc<Offsite>, String>>,
     pg_dump_versions: Mutex<HashMap<PathBuf, (SystemTime, PgDumpVersion)>>,
 }
 
@@ -94,7 +98,12 @@ impl Setup {
         let store = Store::new(&config.backup.dir)?;
         let signer =
             Signer::load_or_create(&config.signer.key_file, &config.backup.dir).map(Arc::new);
+        let offsite = config
+            .offsite
+            .as_ref()
+            .map(|o| Offsite::new(o).map(Arc::new));
         Ok(Self {
+            offsite,
             config,
             tables,
             key,

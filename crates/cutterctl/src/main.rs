@@ -4,6 +4,7 @@
 //! no (selftest FAIL, backup refused or failed, incomplete envelope); 2 bad
 //! usage; 3 the daemon cannot be reached.
 
+mod offsite;
 mod output;
 mod progress;
 mod prompt;
@@ -46,8 +47,17 @@ enum Command {
         #[arg(long)]
         run_id: String,
     },
-    /// Every backup: run_id, time, size, sha256, key needed, rows, state.
-    List,
+    /// Every backup: run_id, time, size, sha256, key needed, rows, where
+    /// (local, remote, both), state.
+    List {
+        /// Every host's runs in the offsite bucket, straight from the
+        /// bucket (no daemon needed; reads --config and its credentials).
+        #[arg(long)]
+        offsite: bool,
+        /// The daemon's config (with --offsite).
+        #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Re-hash artifacts against their manifests and check their OpenPGP
     /// structure; no private key needed. Exit 1 if any FAILED.
     Verify {
@@ -64,6 +74,16 @@ enum Command {
         /// The sha256 the orchestrator recorded from the envelope.
         #[arg(long, conflicts_with = "all")]
         expect_sha256: Option<String>,
+        /// Check the offsite copies instead: download, authenticate the
+        /// signed manifest, re-hash (no daemon needed).
+        #[arg(long)]
+        offsite: bool,
+        /// With --offsite: the host whose copies to check (default: this one).
+        #[arg(long, requires = "offsite")]
+        host: Option<String>,
+        /// The daemon's config (with --offsite).
+        #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
     /// Apply [retention] (keep_last, keep_days); a dry run unless --confirm.
     Prune {
@@ -136,6 +156,39 @@ fn generate(what: &Generate) -> ExitCode {
     }
 }
 
+/// The offsite commands that go straight to the bucket.
+async fn without_daemon(command: &Command, json: bool) -> Option<ExitCode> {
+    let result = match command {
+        Command::List {
+            offsite: true,
+            config,
+        } => offsite::list(config, json).await,
+        Command::Verify {
+            run_id,
+            all,
+            signer,
+            expect_sha256,
+            offsite: true,
+            host,
+            config,
+        } => offsite::verify(offsite::VerifyArgs {
+            config,
+            run_id: run_id.as_deref(),
+            all: *all,
+            host: host.as_deref(),
+            signer: signer.as_slice(),
+            expect_sha256: expect_sha256.as_deref(),
+        })
+        .await
+        .map(|r| output::verify(&r, json)),
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(|e| {
+        eprintln!("cutterctl: {}", output::clean(&format!("{e:#}")));
+        ExitCode::from(EXIT_FAILED)
+    }))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -169,6 +222,9 @@ async fn run(args: Args) -> ExitCode {
             }
         };
     }
+    if let Some(code) = without_daemon(&args.command, args.json).await {
+        return code;
+    }
     let mut client = match cutter_backup::connect(&args.socket).await {
         Ok(c) => c,
         Err(e) => {
@@ -195,7 +251,7 @@ async fn run(args: Args) -> ExitCode {
                 .await
                 .map(|r| output::envelope(&r.into_inner()))
         }
-        Command::List => client
+        Command::List { .. } => client
             .list(cutter_backup::v1::ListRequest {})
             .await
             .map(|r| output::list(&r.into_inner(), args.json)),
@@ -204,6 +260,7 @@ async fn run(args: Args) -> ExitCode {
             all,
             signer,
             expect_sha256,
+            ..
         } => {
             let signer_certs = match signer.map(std::fs::read).transpose() {
                 Ok(c) => c.unwrap_or_default(),

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use cutter_backup::v1::{
-    ArtifactState, BackupEnvelope, ListReply, PruneAction, PruneDecision, PruneReply,
+    ArtifactState, BackupEnvelope, ListReply, Location, PruneAction, PruneDecision, PruneReply,
     SelftestReport, SignerInfo, StatusReport, VerifyReply, check,
 };
 use serde_json::json;
@@ -92,6 +92,20 @@ pub fn status(s: &StatusReport, as_json: bool) -> ExitCode {
         human_bytes(s.disk_free_bytes)
     );
     println!("tables:      {} in scope", s.tables_in_scope);
+    if !s.offsite_mode.is_empty() {
+        let mut line = format!(
+            "offsite:     mode {}, {} upload(s) pending",
+            clean(&s.offsite_mode),
+            s.offsite_pending
+        );
+        if s.offsite_pending > 0 {
+            line.push_str(&format!(", oldest {} s", s.offsite_oldest_pending_secs));
+        }
+        if !s.offsite_last_error.is_empty() {
+            line.push_str(&format!(", last error: {}", clean(&s.offsite_last_error)));
+        }
+        println!("{line}");
+    }
     ExitCode::SUCCESS
 }
 
@@ -134,9 +148,19 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
         print_json(r);
         return ExitCode::SUCCESS;
     }
+    let offsite = r
+        .artifacts
+        .iter()
+        .any(|a| a.location() != Location::Unspecified);
     println!(
-        "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  state",
-        "run_id", "created_at", "size", "sha256", "needs key", "rows"
+        "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {}state",
+        "run_id",
+        "created_at",
+        "size",
+        "sha256",
+        "needs key",
+        "rows",
+        if offsite { "where   " } else { "" }
     );
     for a in &r.artifacts {
         let keys: Vec<String> = a
@@ -156,8 +180,16 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
             (false, true) => word,
             (false, false) => format!("{word}: {}", clean(&a.detail)),
         };
+        let state = match a.offsite_detail.is_empty() {
+            true => state,
+            false => format!("{state} [offsite: {}]", clean(&a.offsite_detail)),
+        };
+        let place = match a.location() {
+            Location::Unspecified => String::new(),
+            l => format!("{:<8}", short_name(l.as_str_name(), "LOCATION_")),
+        };
         println!(
-            "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {state}",
+            "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {place}{state}",
             clean(&a.run_id),
             clean(&a.created_at),
             human_bytes(a.size_bytes),

@@ -7,10 +7,12 @@ pub mod dumpers;
 pub mod gpg;
 pub mod pg;
 pub mod proc;
+pub mod s3;
 
 pub use daemon::{Daemon, DaemonConfig};
 pub use gpg::{Gpg, KeyKind};
 pub use pg::{Cluster, Grants, ROLE_PASSWORD, SCHEMA, TABLES};
+pub use s3::SeaweedFs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Location(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOCATION_UNSPECIFIED: _ClassVar[Location]
+    LOCATION_LOCAL: _ClassVar[Location]
+    LOCATION_REMOTE: _ClassVar[Location]
+    LOCATION_BOTH: _ClassVar[Location]
+
 class ArtifactState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ARTIFACT_STATE_UNSPECIFIED: _ClassVar[ArtifactState]
@@ -20,6 +27,10 @@ class PruneAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRUNE_ACTION_KEEP: _ClassVar[PruneAction]
     PRUNE_ACTION_DELETE: _ClassVar[PruneAction]
     PRUNE_ACTION_LEAVE: _ClassVar[PruneAction]
+LOCATION_UNSPECIFIED: Location
+LOCATION_LOCAL: Location
+LOCATION_REMOTE: Location
+LOCATION_BOTH: Location
 ARTIFACT_STATE_UNSPECIFIED: ArtifactState
 ARTIFACT_STATE_COMPLETE: ArtifactState
 ARTIFACT_STATE_CORRUPT: ArtifactState
@@ -44,7 +55,7 @@ class TableCount(_message.Message):
     def __init__(self, table: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class BackupEnvelope(_message.Message):
-    __slots__ = ("run_id", "sha256", "size_bytes", "gpg_fpr", "artifact_ref", "created_at", "tables", "manifest_ref", "server_version", "pg_dump_version", "duration_ms", "reused", "recipient_fprs", "signature_ref", "signer_fpr")
+    __slots__ = ("run_id", "sha256", "size_bytes", "gpg_fpr", "artifact_ref", "created_at", "tables", "manifest_ref", "server_version", "pg_dump_version", "duration_ms", "reused", "recipient_fprs", "signature_ref", "signer_fpr", "offsite_ref")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +71,7 @@ class BackupEnvelope(_message.Message):
     RECIPIENT_FPRS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_REF_FIELD_NUMBER: _ClassVar[int]
     SIGNER_FPR_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_REF_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sha256: str
     size_bytes: int
@@ -75,7 +87,8 @@ class BackupEnvelope(_message.Message):
     recipient_fprs: _containers.RepeatedScalarFieldContainer[str]
     signature_ref: str
     signer_fpr: str
-    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., gpg_fpr: _Optional[str] = ..., artifact_ref: _Optional[str] = ..., created_at: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableCount, _Mapping]]] = ..., manifest_ref: _Optional[str] = ..., server_version: _Optional[str] = ..., pg_dump_version: _Optional[str] = ..., duration_ms: _Optional[int] = ..., reused: _Optional[bool] = ..., recipient_fprs: _Optional[_Iterable[str]] = ..., signature_ref: _Optional[str] = ..., signer_fpr: _Optional[str] = ...) -> None: ...
+    offsite_ref: str
+    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., gpg_fpr: _Optional[str] = ..., artifact_ref: _Optional[str] = ..., created_at: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableCount, _Mapping]]] = ..., manifest_ref: _Optional[str] = ..., server_version: _Optional[str] = ..., pg_dump_version: _Optional[str] = ..., duration_ms: _Optional[int] = ..., reused: _Optional[bool] = ..., recipient_fprs: _Optional[_Iterable[str]] = ..., signature_ref: _Optional[str] = ..., signer_fpr: _Optional[str] = ..., offsite_ref: _Optional[str] = ...) -> None: ...
 
 class SelftestRequest(_message.Message):
     __slots__ = ()
@@ -128,7 +141,7 @@ class LastBackup(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., created_at: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("version", "source_commit", "uptime_seconds", "ready", "summary", "key_fpr_tail", "key_expires_at", "last_backup", "artifact_count", "artifact_bytes", "backup_dir", "disk_free_bytes", "tables_in_scope", "running", "signer_fpr")
+    __slots__ = ("version", "source_commit", "uptime_seconds", "ready", "summary", "key_fpr_tail", "key_expires_at", "last_backup", "artifact_count", "artifact_bytes", "backup_dir", "disk_free_bytes", "tables_in_scope", "running", "signer_fpr", "offsite_mode", "offsite_pending", "offsite_oldest_pending_secs", "offsite_last_error")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_COMMIT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +157,10 @@ class StatusReport(_message.Message):
     TABLES_IN_SCOPE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SIGNER_FPR_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_MODE_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_OLDEST_PENDING_SECS_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     version: str
     source_commit: str
     uptime_seconds: int
@@ -159,7 +176,11 @@ class StatusReport(_message.Message):
     tables_in_scope: int
     running: _containers.RepeatedCompositeFieldContainer[RunningBackup]
     signer_fpr: str
-    def __init__(self, version: _Optional[str] = ..., source_commit: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., ready: _Optional[bool] = ..., summary: _Optional[str] = ..., key_fpr_tail: _Optional[str] = ..., key_expires_at: _Optional[str] = ..., last_backup: _Optional[_Union[LastBackup, _Mapping]] = ..., artifact_count: _Optional[int] = ..., artifact_bytes: _Optional[int] = ..., backup_dir: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., tables_in_scope: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningBackup, _Mapping]]] = ..., signer_fpr: _Optional[str] = ...) -> None: ...
+    offsite_mode: str
+    offsite_pending: int
+    offsite_oldest_pending_secs: int
+    offsite_last_error: str
+    def __init__(self, version: _Optional[str] = ..., source_commit: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., ready: _Optional[bool] = ..., summary: _Optional[str] = ..., key_fpr_tail: _Optional[str] = ..., key_expires_at: _Optional[str] = ..., last_backup: _Optional[_Union[LastBackup, _Mapping]] = ..., artifact_count: _Optional[int] = ..., artifact_bytes: _Optional[int] = ..., backup_dir: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., tables_in_scope: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningBackup, _Mapping]]] = ..., signer_fpr: _Optional[str] = ..., offsite_mode: _Optional[str] = ..., offsite_pending: _Optional[int] = ..., offsite_oldest_pending_secs: _Optional[int] = ..., offsite_last_error: _Optional[str] = ...) -> None: ...
 
 class RunningBackup(_message.Message):
     __slots__ = ("run_id", "bytes", "elapsed_ms")
@@ -176,7 +197,7 @@ class ListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ArtifactInfo(_message.Message):
-    __slots__ = ("run_id", "created_at", "size_bytes", "sha256", "key_fprs", "total_rows", "state", "pinned", "detail", "artifact_state")
+    __slots__ = ("run_id", "created_at", "size_bytes", "sha256", "key_fprs", "total_rows", "state", "pinned", "detail", "artifact_state", "location", "offsite_detail")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +208,8 @@ class ArtifactInfo(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_STATE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     created_at: str
     size_bytes: int
@@ -197,7 +220,9 @@ class ArtifactInfo(_message.Message):
     pinned: bool
     detail: str
     artifact_state: ArtifactState
-    def __init__(self, run_id: _Optional[str] = ..., created_at: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fprs: _Optional[_Iterable[str]] = ..., total_rows: _Optional[int] = ..., state: _Optional[str] = ..., pinned: _Optional[bool] = ..., detail: _Optional[str] = ..., artifact_state: _Optional[_Union[ArtifactState, str]] = ...) -> None: ...
+    location: Location
+    offsite_detail: str
+    def __init__(self, run_id: _Optional[str] = ..., created_at: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fprs: _Optional[_Iterable[str]] = ..., total_rows: _Optional[int] = ..., state: _Optional[str] = ..., pinned: _Optional[bool] = ..., detail: _Optional[str] = ..., artifact_state: _Optional[_Union[ArtifactState, str]] = ..., location: _Optional[_Union[Location, str]] = ..., offsite_detail: _Optional[str] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("artifacts",)

@@ -63,6 +63,15 @@ pub struct Restore {
     /// be reached makes restore refuse.
     #[arg(long)]
     pub live_database_gone: bool,
+    /// Fetch the backup from the offsite bucket ([offsite] in the config and
+    /// its credentials) instead of backup.dir: for a host that lost its
+    /// disk. The signed manifest and sha256 are checked the same way.
+    #[arg(long)]
+    pub from_offsite: bool,
+    /// With --from-offsite: the host whose backup it is (default: this
+    /// host's name, or offsite.host). `cutterctl list --offsite` shows them.
+    #[arg(long, requires = "from_offsite")]
+    pub host: Option<String>,
 }
 
 /// Runs the restore; `Ok(false)` when row counts differ.
@@ -79,13 +88,19 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
         (None, Some(_)) => None,
         _ => bail!("give exactly one of --into URL (a scratch database) or --to-file PATH"),
     };
-    let manifest = verify::verify(&store, &id, &trust)
-        .map_err(|why| anyhow::anyhow!("verify FAILED for {id}: {why}; nothing was restored"))?;
+    let (manifest, artifact) = if r.from_offsite {
+        fetch_offsite(r, &config, &id, &trust)?
+    } else {
+        let m = verify::verify(&store, &id, &trust).map_err(|why| {
+            anyhow::anyhow!("verify FAILED for {id}: {why}; nothing was restored")
+        })?;
+        (m, store.open_artifact(&id)?)
+    };
     let keys = read_secret_keys(&r.secret_key).map_err(anyhow::Error::msg)?;
     let passphrase = passphrase(r, &keys)?;
     if let Some(path) = &r.to_file {
         let mut out = create_0600_new(path)?;
-        let done = decrypt_checked(&store, &id, &manifest, &keys, passphrase, &mut out)
+        let done = decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut out)
             .and_then(|n| out.sync_all().map(|()| n).map_err(Into::into));
         let n = done.inspect_err(|_| {
             let _ = std::fs::remove_file(path);
@@ -102,7 +117,7 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     // mismatch then creates and commits nothing. The plaintext goes to an
     // unnamed file (O_TMPFILE): no name anyone could swap or read.
     let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
-    decrypt_checked(&store, &id, &manifest, &keys, passphrase, &mut plain)?;
+    decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut plain)?;
     plain.rewind()?;
     let password = psql.prepare(&manifest)?;
     let counts = psql.load(&password, plain, &manifest)?;
@@ -146,14 +161,14 @@ fn passphrase(r: &Restore, keys: &[Cert]) -> anyhow::Result<Option<Password>> {
 /// fails unless those bytes are exactly the ones the signed manifest names
 /// (the file could have been swapped after verify read it).
 fn decrypt_checked(
-    store: &Store,
+    artifact: File,
     id: &RunId,
     manifest: &Manifest,
     keys: &[Cert],
     passphrase: Option<Password>,
     out: &mut File,
 ) -> anyhow::Result<u64> {
-    let mut reader = HashingReader::new(store.open_artifact(id)?);
+    let mut reader = HashingReader::new(artifact);
     let n = decrypt(&mut reader, keys, passphrase, out)
         .map_err(|e| anyhow::anyhow!("{id}: {e}; nothing was restored"))?;
     let (sha, size) = reader.finish()?;
@@ -162,6 +177,42 @@ fn decrypt_checked(
     })?;
     out.flush()?;
     Ok(n)
+}
+
+/// Downloads and authenticates the run from the bucket (the signed
+/// manifest against the pinned signers, the artifact against its sha256);
+/// returns the manifest and the artifact in an unnamed temp file.
+fn fetch_offsite(
+    r: &Restore,
+    config: &Config,
+    id: &RunId,
+    trust: &Trust,
+) -> anyhow::Result<(Manifest, File)> {
+    let o = crate::offsite::client(config)?;
+    let host = r.host.clone().unwrap_or_else(|| o.host.clone());
+    cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
+    let (manifest, file) = tokio::runtime::Handle::current()
+        .block_on(o.fetch(&host, id, &trust.signers))
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "offsite verify FAILED for {id} (host {host}): {why}; nothing was restored"
+            )
+        })?;
+    if let Some(want) = &trust.expect_sha256
+        && !want.eq_ignore_ascii_case(&manifest.sha256)
+    {
+        bail!(
+            "{id}: the manifest says sha256 {}, the recorded envelope says {want}; nothing was restored",
+            manifest.sha256
+        );
+    }
+    eprintln!(
+        "fetched {id} from {} ({} bytes; signed manifest and sha256 verified)",
+        o.artifact_url(id)
+            .replace(&format!("/{}/", o.host), &format!("/{host}/")),
+        manifest.size_bytes
+    );
+    Ok((manifest, file))
 }
 
 /// The daemon's live database, to refuse as a target.

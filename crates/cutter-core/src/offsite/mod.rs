@@ -1,0 +1,549 @@
+//! Offsite copies in S3-compatible object storage: the layout
+//! (`<prefix>/<host>/<run_id>.sql.gpg`, `.manifest.json`, `.manifest.json.sig`),
+//! uploading a committed run (artifact, signature, then the manifest last, so
+//! a manifest in the bucket means the run is complete), and fetching a run
+//! back for verify and restore.
+//!
+//! Remote bytes are untrusted: a fetched run is believed only when its
+//! manifest carries a good signature by a pinned signer, names this run,
+//! and the downloaded artifact hashes to the manifest's sha256 and size.
+//! Whoever can write the bucket can therefore delete copies (which
+//! write-only credentials and Object Lock prevent) but not forge one.
+
+pub mod queue;
+pub mod s3;
+
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::time::{Duration, SystemTime};
+
+use sequoia_openpgp::Cert;
+use sha2::{Digest, Sha256};
+
+use crate::config::{LockMode, OffsiteConfig, OffsiteMode};
+use crate::encrypt::hex;
+use crate::manifest::{MAX_BYTES, Manifest, SignedManifest};
+use crate::runid::RunId;
+use crate::selftest::Status;
+use crate::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Store};
+
+pub use queue::{Pending, Queue};
+pub use s3::Bucket;
+
+/// The name of the probe object selftest writes under this host's prefix.
+pub const PROBE_NAME: &str = ".cutter-probe";
+
+/// The configured offsite copy: a bucket client, this host's name, the queue.
+#[derive(Debug, Clone)]
+pub struct Offsite {
+    /// The bucket.
+    pub bucket: Bucket,
+    /// This host's segment in the keys.
+    pub host: String,
+    /// The config.
+    pub config: OffsiteConfig,
+    /// The async mode's queue (`None` in operator tools).
+    pub queue: Option<Queue>,
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`).
+pub fn system_host() -> Result<String, String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("reading the host name: {e}; set offsite.host"))
+}
+
+impl Offsite {
+    /// Builds the client and opens the queue; reads the credentials now.
+    pub fn new(cfg: &OffsiteConfig) -> Result<Self, String> {
+        let host = match &cfg.host {
+            Some(h) => h.clone(),
+            None => system_host()?,
+        };
+        crate::config::check_host(&host)?;
+        Ok(Self {
+            bucket: Bucket::new(cfg)?,
+            host,
+            config: cfg.clone(),
+            queue: Some(Queue::open(&cfg.queue_dir)?),
+        })
+    }
+
+    /// Like [`Offsite::new`] without the queue, for operator tools on a
+    /// host without the daemon's state directory.
+    pub fn client_only(cfg: &OffsiteConfig) -> Result<Self, String> {
+        let host = match &cfg.host {
+            Some(h) => h.clone(),
+            None => system_host()?,
+        };
+        crate::config::check_host(&host)?;
+        Ok(Self {
+            bucket: Bucket::new(cfg)?,
+            host,
+            config: cfg.clone(),
+            queue: None,
+        })
+    }
+
+    /// The key of `<run_id><suffix>` under `host`.
+    pub fn key(&self, host: &str, id: &RunId, suffix: &str) -> String {
+        self.bucket.key(&format!("{host}/{id}{suffix}"))
+    }
+
+    /// `s3://bucket/prefix/host/run_id.sql.gpg`: the envelope's `offsite_ref`.
+    pub fn artifact_url(&self, id: &RunId) -> String {
+        self.bucket.url(&self.key(&self.host, id, ARTIFACT_SUFFIX))
+    }
+
+    /// Uploads the committed run `id` from `store` (what is already there
+    /// and confirmed is not sent again) and confirms it with HEAD: size,
+    /// and the server's checksum when it reports one.
+    pub async fn upload(&self, store: &Store, id: &RunId) -> Result<String, String> {
+        let signed = store
+            .read_manifest(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{id} has no local manifest to upload"))?;
+        let signature = signed
+            .signature
+            .clone()
+            .ok_or_else(|| format!("{id}: the local manifest is unsigned; not uploaded"))?;
+        let m = &signed.manifest;
+        let akey = self.key(&self.host, id, ARTIFACT_SUFFIX);
+        let mkey = self.key(&self.host, id, MANIFEST_SUFFIX);
+        let skey = self.key(&self.host, id, SIGNATURE_SUFFIX);
+        if self.already_there(&akey, &mkey, &skey, m).await? {
+            return Ok(self.bucket.url(&akey));
+        }
+        let file = store.open_artifact(id).map_err(|e| e.to_string())?;
+        let size = file
+            .metadata()
+            .map_err(|e| format!("stat the local artifact: {e}"))?
+            .len();
+        if size != m.size_bytes {
+            return Err(format!(
+                "the local artifact is {size} bytes, its manifest says {}: run `cutterctl verify {id}`; nothing was uploaded",
+                m.size_bytes
+            ));
+        }
+        let started = std::time::Instant::now();
+        let checksum = self.bucket.put_file(&akey, file, size, &m.sha256).await?;
+        self.bucket.put_small(&skey, signature).await?;
+        self.bucket.put_small(&mkey, signed.bytes.clone()).await?;
+        let info = self.bucket.head(&akey).await?.ok_or_else(|| {
+            format!(
+                "{} is missing right after its upload",
+                self.bucket.url(&akey)
+            )
+        })?;
+        confirm(&info, m, Some(&checksum))
+            .map_err(|e| format!("{}: {e}", self.bucket.url(&akey)))?;
+        tracing::info!(
+            run_id = %id,
+            offsite_ref = %self.bucket.url(&akey),
+            bytes = size,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "offsite copy confirmed run_id={id} size={size}"
+        );
+        Ok(self.bucket.url(&akey))
+    }
+
+    async fn already_there(
+        &self,
+        akey: &str,
+        mkey: &str,
+        skey: &str,
+        m: &Manifest,
+    ) -> Result<bool, String> {
+        let Some(info) = self.bucket.head(akey).await? else {
+            return Ok(false);
+        };
+        if confirm(&info, m, None).is_err() {
+            return Ok(false);
+        }
+        Ok(self.bucket.head(skey).await?.is_some() && self.bucket.head(mkey).await?.is_some())
+    }
+
+    /// Downloads `host`'s run `id` and authenticates it: the manifest's
+    /// signature by one of `signers`, then the artifact (streamed into an
+    /// unnamed temp file, `O_TMPFILE`) against the manifest's sha256 and
+    /// size, and its OpenPGP structure. The file is returned rewound.
+    pub async fn fetch(
+        &self,
+        host: &str,
+        id: &RunId,
+        signers: &[Cert],
+    ) -> Result<(Manifest, File), String> {
+        let manifest = self.fetch_manifest(host, id, signers).await?;
+        let akey = self.key(host, id, ARTIFACT_SUFFIX);
+        let url = self.bucket.url(&akey);
+        let file = tempfile::tempfile().map_err(|e| format!("creating a temp file: {e}"))?;
+        let mut w = HashingWriter::new(file);
+        self.bucket
+            .get_into(&akey, &mut w, manifest.size_bytes)
+            .await?
+            .ok_or_else(|| format!("{url} does not exist (the manifest does)"))?;
+        let (sha, size, mut file) = w.finish().map_err(|e| format!("{url}: {e}"))?;
+        manifest
+            .check_bytes(&sha, size)
+            .map_err(|e| format!("{url}: {e}"))?;
+        file.rewind().map_err(|e| e.to_string())?;
+        crate::verify::check_structure(&file, &manifest).map_err(|e| format!("{url}: {e}"))?;
+        file.rewind().map_err(|e| e.to_string())?;
+        Ok((manifest, file))
+    }
+
+    /// The authenticated manifest of `host`'s run `id`.
+    pub async fn fetch_manifest(
+        &self,
+        host: &str,
+        id: &RunId,
+        signers: &[Cert],
+    ) -> Result<Manifest, String> {
+        let mkey = self.key(host, id, MANIFEST_SUFFIX);
+        let skey = self.key(host, id, SIGNATURE_SUFFIX);
+        let mut bytes = Vec::new();
+        self.bucket
+            .get_into(&mkey, &mut bytes, MAX_BYTES)
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "no manifest at {}: was {id} uploaded from host {host}? (`cutterctl list --offsite`)",
+                    self.bucket.url(&mkey)
+                )
+            })?;
+        let mut signature = Vec::new();
+        let sig = self
+            .bucket
+            .get_into(&skey, &mut signature, MAX_BYTES)
+            .await?
+            .map(|_| signature);
+        let signed = SignedManifest {
+            manifest: Manifest::parse(&bytes)
+                .map_err(|e| format!("{}: {e}", self.bucket.url(&mkey)))?,
+            bytes,
+            signature: sig,
+        };
+        crate::verify::authenticate(id, &signed, signers)
+    }
+
+    /// Places a legal hold on `id`'s three objects (the bucket must have
+    /// Object Lock).
+    pub async fn hold(&self, id: &RunId, on: bool) -> Result<(), String> {
+        for suffix in [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX] {
+            self.bucket
+                .legal_hold(&self.key(&self.host, id, suffix), on)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes this host's copy of `id` unless any of its objects is
+    /// locked (retention or legal hold): `Ok(Some(why))` when left alone.
+    pub async fn prune(&self, id: &RunId) -> Result<Option<String>, String> {
+        let now = SystemTime::now();
+        let keys: Vec<String> = [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX]
+            .iter()
+            .map(|s| self.key(&self.host, id, s))
+            .collect();
+        for k in &keys {
+            if let Some(info) = self.bucket.head(k).await?
+                && info.locked(now)
+            {
+                let why = match info.retain_until {
+                    Some(t) if t > now => format!("locked until {}", crate::time::rfc3339(t)),
+                    _ => "under legal hold".to_owned(),
+                };
+                return Ok(Some(why));
+            }
+        }
+        // The manifest first: a run without it is incomplete, never restored.
+        for k in keys.iter().rev() {
+            self.bucket.delete(k).await?;
+        }
+        Ok(None)
+    }
+
+    /// The selftest verdict: endpoint, credentials, bucket, probe write (or
+    /// HEAD), versioning and Object Lock, and the queue's lag.
+    pub async fn check(&self) -> (Status, String) {
+        let within = Duration::from_secs(self.config.request_timeout_secs.min(20) + 5);
+        match tokio::time::timeout(within, self.check_remote()).await {
+            Ok(Ok((status, detail))) => self.with_queue(status, detail),
+            Ok(Err(e)) => self.with_queue(Status::Fail, e),
+            Err(_) => self.with_queue(
+                Status::Fail,
+                format!(
+                    "no answer from {} within {} s: is the service up, and offsite.endpoint right?",
+                    self.bucket.endpoint,
+                    within.as_secs()
+                ),
+            ),
+        }
+    }
+
+    async fn check_remote(&self) -> Result<(Status, String), String> {
+        self.bucket.head_bucket().await?;
+        let probe = if self.config.probe {
+            let key = self.bucket.key(&format!("{}/{PROBE_NAME}", self.host));
+            self.bucket
+                .put_probe(
+                    &key,
+                    format!("cutter-backupd probe {}\n", queue::now()).into_bytes(),
+                )
+                .await
+                .map_err(|e| format!("probe write failed: {e}"))?;
+            "probe written"
+        } else {
+            "bucket HEAD ok (offsite.probe = false)"
+        };
+        let mut status = Status::Pass;
+        let mut notes = Vec::new();
+        let lock = match self.bucket.info().await {
+            Ok(i) => {
+                if self.config.lock_days > 0 && !i.object_lock {
+                    status = Status::Warn;
+                    notes.push(format!(
+                        "offsite.lock_days = {} but bucket {} has no Object Lock: copies are not retention-protected (Object Lock can only be enabled when the bucket is created)",
+                        self.config.lock_days, self.bucket.bucket
+                    ));
+                }
+                let lock = if i.object_lock {
+                    if self.config.lock_days > 0 {
+                        format!(
+                            "Object Lock on ({} {} d per object)",
+                            match self.config.lock_mode {
+                                LockMode::Compliance => "COMPLIANCE",
+                                LockMode::Governance => "GOVERNANCE",
+                            },
+                            self.config.lock_days
+                        )
+                    } else {
+                        "Object Lock on (bucket default retention)".to_owned()
+                    }
+                } else {
+                    "Object Lock off".to_owned()
+                };
+                format!("versioning {}, {lock}", i.versioning)
+            }
+            Err(e) => format!("versioning/Object Lock unknown ({e})"),
+        };
+        if let Some(e) = &self.config.endpoint
+            && e.starts_with("http://")
+            && !is_loopback(e)
+        {
+            status = Status::Warn;
+            notes.push(format!("offsite.endpoint {e} is plain http: use https"));
+        }
+        let mut detail = format!(
+            "{} at {}: credentials ok, {probe}, {lock}, mode {}",
+            self.bucket
+                .url(&self.bucket.key(&format!("{}/", self.host))),
+            self.bucket.endpoint,
+            match self.config.mode {
+                OffsiteMode::Required => "required",
+                OffsiteMode::Async => "async",
+            }
+        );
+        for n in notes {
+            detail.push_str("; ");
+            detail.push_str(&n);
+        }
+        Ok((status, detail))
+    }
+
+    fn with_queue(&self, status: Status, mut detail: String) -> (Status, String) {
+        let pending = self.queue.as_ref().map(Queue::list).unwrap_or_default();
+        let Some(oldest) = pending.first() else {
+            return (status, detail);
+        };
+        let age = queue::now().saturating_sub(oldest.enqueued_at);
+        let last = pending
+            .iter()
+            .rev()
+            .find(|p| !p.last_error.is_empty())
+            .map(|p| format!("; last error ({}): {}", p.run_id, p.last_error))
+            .unwrap_or_default();
+        let lagging = age > self.config.max_lag_secs;
+        detail.push_str(&format!(
+            "; {} upload(s) pending, oldest {} for {age} s{}{last}",
+            pending.len(),
+            oldest.run_id,
+            if lagging {
+                format!(
+                    ", past offsite.max_lag_secs = {}: fix the offsite service or credentials",
+                    self.config.max_lag_secs
+                )
+            } else {
+                String::new()
+            }
+        ));
+        let status = match status {
+            Status::Fail => Status::Fail,
+            _ if lagging => Status::Fail,
+            _ => Status::Warn,
+        };
+        (status, detail)
+    }
+}
+
+fn is_loopback(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+/// Confirms a HEAD against the manifest: size, our sha256 in the metadata,
+/// and the server's checksum when it reports one and we know what it must be.
+fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Result<(), String> {
+    if info.size != m.size_bytes {
+        return Err(format!(
+            "the server holds {} bytes, the manifest says {}",
+            info.size, m.size_bytes
+        ));
+    }
+    // A multipart object's checksum is the sha256 of the parts' sha256s,
+    // "-N" appended; services that report another form for it are judged
+    // by size and metadata (each part's sha256 was verified on upload).
+    let comparable = |got: &str, want: &str| {
+        got.rsplit_once('-').map(|(_, n)| n) == want.rsplit_once('-').map(|(_, n)| n)
+    };
+    if let (Some(got), Some(want)) = (&info.checksum_sha256, checksum)
+        && comparable(got, want)
+        && got != want
+    {
+        return Err(format!(
+            "the server's sha256 checksum is {got}, we sent {want}"
+        ));
+    }
+    match &info.meta_sha256 {
+        Some(s) if s.eq_ignore_ascii_case(&m.sha256) => Ok(()),
+        _ if info.checksum_sha256.is_some() && checksum == info.checksum_sha256.as_deref() => {
+            Ok(())
+        }
+        _ => Err("the object does not carry this manifest's sha256".into()),
+    }
+}
+
+/// A writer that hashes (sha256) and counts what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
+
+    fn finish(mut self) -> std::io::Result<(String, u64, W)> {
+        self.inner.flush()?;
+        Ok((hex(&self.hash.finalize()), self.n, self.inner))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsite(dir: &std::path::Path, max_lag_secs: u64) -> Offsite {
+        use std::os::unix::fs::PermissionsExt;
+        let creds = dir.join("creds");
+        std::fs::write(&creds, "aws_access_key_id = a\naws_secret_access_key = b\n")
+            .expect("write");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let cfg: OffsiteConfig = toml_cfg(&format!(
+            "url = \"s3://bucket/p\"\ncredentials_file = {:?}\nhost = \"h\"\nqueue_dir = {:?}\nmax_lag_secs = {max_lag_secs}\n",
+            creds.display().to_string(),
+            dir.join("q").display().to_string()
+        ));
+        Offsite::new(&cfg).expect("offsite")
+    }
+
+    fn toml_cfg(text: &str) -> OffsiteConfig {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .expect("config")
+    }
+
+    #[test]
+    fn pending_uploads_warn_then_fail_past_max_lag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = offsite(dir.path(), 600);
+        assert_eq!(o.with_queue(Status::Pass, "ok".into()).0, Status::Pass);
+        let q = o.queue.as_ref().expect("queue");
+        let id = RunId::parse("r1").expect("id");
+        q.push(&id).expect("push");
+        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
+        assert_eq!(st, Status::Warn, "{detail}");
+        assert!(
+            detail.contains("1 upload(s) pending, oldest r1"),
+            "{detail}"
+        );
+        let mut p = q.get(&id).expect("queued");
+        p.enqueued_at -= 601;
+        p.last_error = "HTTP 503".into();
+        q.write(&p).expect("write");
+        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
+        assert_eq!(st, Status::Fail, "{detail}");
+        assert!(
+            detail.contains("past offsite.max_lag_secs = 600") && detail.contains("HTTP 503"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn head_confirms_size_and_checksum() {
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 2, "run_id": "r", "created_at": "", "artifact": "r.sql.gpg",
+            "sha256": "ab", "size_bytes": 10, "gpg_fpr": "", "recipients": [], "tables": [],
+            "plaintext_bytes": 0, "compression": "", "server_version": "",
+            "pg_dump_version": "", "producer": "", "duration_ms": 0
+        }))
+        .expect("manifest");
+        let info = |size, sum: Option<&str>, meta: Option<&str>| s3::ObjectInfo {
+            size,
+            checksum_sha256: sum.map(str::to_owned),
+            meta_sha256: meta.map(str::to_owned),
+            ..s3::ObjectInfo::default()
+        };
+        assert!(confirm(&info(10, Some("X"), Some("ab")), &m, Some("X")).is_ok());
+        assert!(confirm(&info(9, Some("X"), Some("ab")), &m, Some("X")).is_err());
+        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X")).is_err());
+        assert!(confirm(&info(10, Some("Y-3"), Some("ab")), &m, Some("X-3")).is_err());
+        // Another form for a multipart object: size and metadata decide.
+        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X-3")).is_ok());
+        assert!(confirm(&info(10, None, Some("cd")), &m, None).is_err());
+        assert!(confirm(&info(10, None, None), &m, Some("X")).is_err());
+    }
+
+    #[test]
+    fn loopback_endpoints_are_recognised() {
+        assert!(is_loopback("http://127.0.0.1:8333"));
+        assert!(is_loopback("http://localhost:9000/"));
+        assert!(!is_loopback("http://s3.example.com"));
+    }
+}

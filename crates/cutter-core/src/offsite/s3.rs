@@ -1,0 +1,719 @@
+//! The S3 client behind the offsite copy (aws-sdk-s3 with rustls/ring):
+//! streaming uploads that send the sha256 for the server to verify
+//! (`x-amz-checksum-sha256`, per part above the multipart threshold), HEAD
+//! to confirm, streamed downloads, listing, Object Lock retention and legal
+//! holds, and errors that say which setting to fix.
+//!
+//! Secrets: the key id and secret go into the SDK's credentials provider and
+//! nowhere else; no message here formats them (the SDK's errors do not
+//! carry them either).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload,
+    CompletedPart, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
+    ObjectLockMode,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{LockMode, OffsiteConfig, S3Url};
+use crate::encrypt::hex;
+
+/// The user metadata key our sha256 (hex) rides in, echoed by HEAD.
+const META_SHA256: &str = "cutter-sha256";
+
+/// A key id and secret; `Debug` shows neither.
+pub struct Keys {
+    id: String,
+    secret: String,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+/// Reads an AWS-style credentials file (`aws_access_key_id = …`,
+/// `aws_secret_access_key = …`; `[profile]` headers and comments ignored,
+/// the first value of each wins). It must be a regular file only its owner
+/// can read (or a systemd credential). Errors name the file, never a value.
+pub fn read_keys(path: &Path) -> Result<Keys, String> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        format!(
+            "offsite.credentials_file {}: {e} (deploy it with LoadCredential= or as a mode 0600 file)",
+            path.display()
+        )
+    })?;
+    crate::signer::check_secret_mode(&f, path)
+        .map_err(|e| format!("offsite.credentials_file: {e}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(&f, 64 * 1024), &mut text).map_err(
+        |e| {
+            format!(
+                "offsite.credentials_file {}: {e} (it must be UTF-8 text)",
+                path.display()
+            )
+        },
+    )?;
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with(['#', ';', '[']) {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().to_owned();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" if id.is_none() => id = Some(v),
+            "aws_secret_access_key" if secret.is_none() => secret = Some(v),
+            _ => {}
+        }
+    }
+    match (
+        id.filter(|v| !v.is_empty()),
+        secret.filter(|v| !v.is_empty()),
+    ) {
+        (Some(id), Some(secret)) => Ok(Keys { id, secret }),
+        _ => Err(format!(
+            "offsite.credentials_file {} needs both aws_access_key_id = … and aws_secret_access_key = … lines",
+            path.display()
+        )),
+    }
+}
+
+/// What HEAD says about an object.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectInfo {
+    /// Content length.
+    pub size: u64,
+    /// The server's `x-amz-checksum-sha256` (base64, `-N` for multipart).
+    pub checksum_sha256: Option<String>,
+    /// Our sha256 (hex) from the object's metadata.
+    pub meta_sha256: Option<String>,
+    /// Object Lock retention end, if any.
+    pub retain_until: Option<SystemTime>,
+    /// Legal hold on.
+    pub legal_hold: bool,
+}
+
+impl ObjectInfo {
+    /// True while retention or a legal hold protects the object.
+    pub fn locked(&self, now: SystemTime) -> bool {
+        self.legal_hold || self.retain_until.is_some_and(|t| t > now)
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The key.
+    pub key: String,
+    /// Size.
+    pub size: u64,
+    /// Last modified (unix seconds).
+    pub modified: i64,
+}
+
+/// Versioning and Object Lock of the bucket.
+#[derive(Debug, Clone, Default)]
+pub struct BucketInfo {
+    /// "Enabled", "Suspended" or "off".
+    pub versioning: String,
+    /// Object Lock enabled on the bucket.
+    pub object_lock: bool,
+}
+
+/// A bucket and prefix on an S3-compatible service.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    client: Client,
+    /// The bucket.
+    pub bucket: String,
+    /// Key prefix (no leading or trailing '/'), maybe empty.
+    pub prefix: String,
+    /// For messages: the endpoint (or "AWS S3 <region>").
+    pub endpoint: String,
+    credentials_file: PathBuf,
+    part_size: u64,
+    lock: (LockMode, u32),
+}
+
+impl Bucket {
+    /// A client for `cfg`; reads the credentials file now.
+    pub fn new(cfg: &OffsiteConfig) -> Result<Self, String> {
+        let url = S3Url::parse(&cfg.url)?;
+        let keys = read_keys(&cfg.credentials_file)?;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .credentials_provider(Credentials::new(
+                keys.id,
+                keys.secret,
+                None,
+                None,
+                "cutter-offsite",
+            ))
+            .force_path_style(cfg.path_style)
+            .http_client(http)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(cfg.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(500))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(cfg.request_timeout_secs))
+                    .build(),
+            )
+            // We send the sha256 ourselves and check downloads ourselves;
+            // the SDK's own CRC trailers are not understood everywhere.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(e) = &cfg.endpoint {
+            conf = conf.endpoint_url(e);
+        }
+        Ok(Self {
+            client: Client::from_conf(conf.build()),
+            bucket: url.bucket,
+            prefix: url.prefix,
+            endpoint: cfg
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("AWS S3 {}", cfg.region)),
+            credentials_file: cfg.credentials_file.clone(),
+            part_size: cfg.part_size_mib * 1024 * 1024,
+            lock: (cfg.lock_mode, cfg.lock_days),
+        })
+    }
+
+    /// `<prefix>/<rest>` (or `<rest>` without a prefix).
+    pub fn key(&self, rest: &str) -> String {
+        if self.prefix.is_empty() {
+            rest.to_owned()
+        } else {
+            format!("{}/{rest}", self.prefix)
+        }
+    }
+
+    /// `s3://bucket/key`, for envelopes and messages.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Turns an SDK error into what an operator can act on.
+    pub fn explain<E>(
+        &self,
+        what: &str,
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> String
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let creds = self.credentials_file.display();
+        match e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
+                "{what}: cannot reach {} ({}): is the service up, and are offsite.endpoint and the network right?",
+                self.endpoint,
+                DisplayErrorContext(e)
+            ),
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = se.err().code().unwrap_or("");
+                let msg = se.err().message().unwrap_or("");
+                match (code, status) {
+                    ("InvalidAccessKeyId", _)
+                    | ("SignatureDoesNotMatch", _)
+                    | ("InvalidToken", _)
+                    | ("ExpiredToken", _) => format!(
+                        "{what}: {} rejected the credentials ({code}): fix aws_access_key_id / aws_secret_access_key in offsite.credentials_file {creds}",
+                        self.endpoint
+                    ),
+                    ("NoSuchBucket", _) | ("", 404) if what.contains("bucket") => format!(
+                        "{what}: bucket {} does not exist at {}: create it (with Object Lock, see docs/operations.md) or fix offsite.url",
+                        self.bucket, self.endpoint
+                    ),
+                    ("AccessDenied", _) | ("", 403) => format!(
+                        "{what}: access denied ({code} {msg}): the credentials in {creds} are wrong or lack this permission on bucket {} (see the bucket policy in docs/operations.md)",
+                        self.bucket
+                    ),
+                    ("BadDigest", _) | ("XAmzContentSHA256Mismatch", _) => format!(
+                        "{what}: the server computed another sha256 than we sent ({code}): the bytes changed in transit or on disk"
+                    ),
+                    _ => format!("{what}: HTTP {status} {code} {msg}"),
+                }
+            }
+            other => format!("{what}: {}", DisplayErrorContext(other)),
+        }
+    }
+
+    /// HEAD the bucket: endpoint, credentials and bucket in one request.
+    pub async fn head_bucket(&self) -> Result<(), String> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain("HEAD bucket", &e))
+    }
+
+    /// Versioning and Object Lock state.
+    pub async fn info(&self) -> Result<BucketInfo, String> {
+        let v = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.explain("GetBucketVersioning on the bucket", &e))?;
+        let versioning = match v.status() {
+            Some(BucketVersioningStatus::Enabled) => "Enabled".to_owned(),
+            Some(BucketVersioningStatus::Suspended) => "Suspended".to_owned(),
+            _ => "off".to_owned(),
+        };
+        let object_lock = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(o) => o
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| *e == ObjectLockEnabled::Enabled),
+            Err(SdkError::ServiceError(se))
+                if se.err().code() == Some("ObjectLockConfigurationNotFoundError")
+                    || se.raw().status().as_u16() == 404 =>
+            {
+                false
+            }
+            Err(e) => return Err(self.explain("GetObjectLockConfiguration on the bucket", &e)),
+        };
+        Ok(BucketInfo {
+            versioning,
+            object_lock,
+        })
+    }
+
+    /// Retention to set on new objects: only when configured and the
+    /// bucket has Object Lock (S3 refuses the headers otherwise).
+    async fn retention(&self) -> Result<Option<(ObjectLockMode, DateTime)>, String> {
+        let (mode, days) = self.lock;
+        if days == 0 || !self.info().await?.object_lock {
+            return Ok(None);
+        }
+        let until = SystemTime::now() + Duration::from_secs(u64::from(days) * 86_400);
+        let mode = match mode {
+            LockMode::Compliance => ObjectLockMode::Compliance,
+            LockMode::Governance => ObjectLockMode::Governance,
+        };
+        Ok(Some((mode, DateTime::from(until))))
+    }
+
+    /// Uploads `data` (a manifest, a signature) in one PUT, with the
+    /// configured retention.
+    pub async fn put_small(&self, key: &str, data: Vec<u8>) -> Result<(), String> {
+        let retention = self.retention().await?;
+        self.put_one(key, data, None, retention.as_ref()).await
+    }
+
+    /// Uploads a probe: never with our retention (selftest runs every
+    /// minute; each probe would otherwise be a version locked for days).
+    pub async fn put_probe(&self, key: &str, data: Vec<u8>) -> Result<(), String> {
+        self.put_one(key, data, None, None).await
+    }
+
+    async fn put_one(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        want_sha256: Option<&str>,
+        retention: Option<&(ObjectLockMode, DateTime)>,
+    ) -> Result<(), String> {
+        let digest = Sha256::digest(&data);
+        let sha_hex = hex(&digest);
+        if let Some(want) = want_sha256
+            && !want.eq_ignore_ascii_case(&sha_hex)
+        {
+            return Err(format!(
+                "the local file hashes to sha256 {sha_hex}, its manifest says {want}: run `cutterctl verify`; nothing was uploaded"
+            ));
+        }
+        let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(openssl::base64::encode_block(&digest))
+            .metadata(META_SHA256, &sha_hex)
+            .body(ByteStream::from(data));
+        if let Some((mode, until)) = retention {
+            req = req
+                .object_lock_mode(mode.clone())
+                .object_lock_retain_until_date(*until);
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(&format!("PUT {}", self.url(key)), &e))
+    }
+
+    /// Streams `file` (`size` bytes, which must hash to `sha256_hex`) to
+    /// `key`: one PUT up to the part size, multipart above it, one part in
+    /// memory at a time. Every request carries the sha256 of its bytes for
+    /// the server to verify; the whole file's sha256 is checked against
+    /// `sha256_hex` before the upload is completed, so a file changed under
+    /// us never becomes a complete object. Returns the checksum HEAD must show.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        file: std::fs::File,
+        size: u64,
+        sha256_hex: &str,
+    ) -> Result<String, String> {
+        let retention = self.retention().await?;
+        let mut file = tokio::fs::File::from_std(file);
+        if size <= self.part_size {
+            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            (&mut file)
+                .take(size + 1)
+                .read_to_end(&mut data)
+                .await
+                .map_err(|e| format!("reading the local artifact: {e}"))?;
+            let sum = openssl::base64::encode_block(&Sha256::digest(&data));
+            self.put_one(key, data, Some(sha256_hex), retention.as_ref())
+                .await?;
+            return Ok(sum);
+        }
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata(META_SHA256, sha256_hex);
+        if let Some((mode, until)) = &retention {
+            create = create
+                .object_lock_mode(mode.clone())
+                .object_lock_retain_until_date(*until);
+        }
+        let upload = create
+            .send()
+            .await
+            .map_err(|e| self.explain(&format!("CreateMultipartUpload {}", self.url(key)), &e))?;
+        let upload_id = upload
+            .upload_id()
+            .ok_or("the server returned no multipart upload id")?
+            .to_owned();
+        let result = self
+            .upload_parts(key, &upload_id, &mut file, sha256_hex)
+            .await;
+        if result.is_err() {
+            // Best effort: an abandoned upload only costs storage until the
+            // bucket's AbortIncompleteMultipartUpload rule removes it.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        file: &mut tokio::fs::File,
+        sha256_hex: &str,
+    ) -> Result<String, String> {
+        let mut whole = Sha256::new();
+        let mut composite = Sha256::new();
+        let mut parts = Vec::new();
+        let part_size = usize::try_from(self.part_size).unwrap_or(16 << 20);
+        for number in 1i32.. {
+            let mut data = Vec::with_capacity(part_size);
+            (&mut *file)
+                .take(self.part_size)
+                .read_to_end(&mut data)
+                .await
+                .map_err(|e| format!("reading the local artifact: {e}"))?;
+            if data.is_empty() {
+                break;
+            }
+            whole.update(&data);
+            let digest = Sha256::digest(&data);
+            composite.update(digest);
+            let sum = openssl::base64::encode_block(&digest);
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&sum)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| {
+                    self.explain(&format!("UploadPart {number} of {}", self.url(key)), &e)
+                })?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .checksum_sha256(sum)
+                    .build(),
+            );
+        }
+        let got = hex(&whole.finalize());
+        if !got.eq_ignore_ascii_case(sha256_hex) {
+            return Err(format!(
+                "the local file hashed to sha256 {got} while uploading, its manifest says {sha256_hex}: run `cutterctl verify`; the upload was aborted"
+            ));
+        }
+        let n = parts.len();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.explain(&format!("CompleteMultipartUpload {}", self.url(key)), &e))?;
+        Ok(format!(
+            "{}-{n}",
+            openssl::base64::encode_block(&composite.finalize())
+        ))
+    }
+
+    /// HEAD an object; `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, String> {
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.explain(&format!("HEAD {}", self.url(key)), &e)),
+        };
+        Ok(Some(ObjectInfo {
+            size: out
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            checksum_sha256: out.checksum_sha256().map(str::to_owned),
+            meta_sha256: out
+                .metadata()
+                .and_then(|m| m.get(META_SHA256))
+                .map(|s| s.to_owned()),
+            retain_until: out
+                .object_lock_retain_until_date()
+                .and_then(|d| SystemTime::try_from(*d).ok()),
+            legal_hold: out
+                .object_lock_legal_hold_status()
+                .is_some_and(|s| *s == ObjectLockLegalHoldStatus::On),
+        }))
+    }
+
+    /// Streams an object into `out`, at most `cap` bytes (more is an error).
+    /// `None` when it does not exist.
+    pub async fn get_into(
+        &self,
+        key: &str,
+        out: &mut impl Write,
+        cap: u64,
+    ) -> Result<Option<u64>, String> {
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(SdkError::ServiceError(se))
+                if se.raw().status().as_u16() == 404 || se.err().code() == Some("NoSuchKey") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.explain(&format!("GET {}", self.url(key)), &e)),
+        };
+        let mut body = resp.body;
+        let mut n = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| format!("GET {}: {}", self.url(key), DisplayErrorContext(&e)))?
+        {
+            n += chunk.len() as u64;
+            if n > cap {
+                return Err(format!(
+                    "{} is larger than the {cap} bytes expected",
+                    self.url(key)
+                ));
+            }
+            out.write_all(&chunk)
+                .map_err(|e| format!("writing {} locally: {e}", self.url(key)))?;
+        }
+        Ok(Some(n))
+    }
+
+    /// Every object under `<prefix>/<sub>` (`sub` may be empty).
+    pub async fn list(&self, sub: &str) -> Result<Vec<Listed>, String> {
+        let mut prefix = self.key(sub);
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.explain(&format!("LIST {}", self.url(&prefix)), &e))?;
+            for o in page.contents() {
+                if let Some(key) = o.key() {
+                    out.push(Listed {
+                        key: key.to_owned(),
+                        size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                        modified: o.last_modified().map(|d| d.secs()).unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes an object (a delete marker on a versioned bucket).
+    pub async fn delete(&self, key: &str) -> Result<(), String> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(&format!("DELETE {}", self.url(key)), &e))
+    }
+
+    /// Places (or lifts) a legal hold on an object.
+    pub async fn legal_hold(&self, key: &str, on: bool) -> Result<(), String> {
+        let status = if on {
+            ObjectLockLegalHoldStatus::On
+        } else {
+            ObjectLockLegalHoldStatus::Off
+        };
+        self.client
+            .put_object_legal_hold()
+            .bucket(&self.bucket)
+            .key(key)
+            .legal_hold(ObjectLockLegalHold::builder().status(status).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(&format!("PutObjectLegalHold {}", self.url(key)), &e))
+    }
+}
+
+/// Groups listed keys `<prefix>/<host>/<name>` by host, for `list --offsite`.
+pub fn by_host<'a>(bucket: &Bucket, listed: &'a [Listed]) -> BTreeMap<String, Vec<&'a Listed>> {
+    let strip = if bucket.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", bucket.prefix)
+    };
+    let mut out: BTreeMap<String, Vec<&Listed>> = BTreeMap::new();
+    for l in listed {
+        if let Some((host, _)) = l.key.strip_prefix(&strip).and_then(|r| r.split_once('/')) {
+            out.entry(host.to_owned()).or_default().push(l);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credentials_files_are_parsed_and_guarded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("creds");
+        std::fs::write(
+            &p,
+            "[default]\n# c\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key=s3cr3t/x+y\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let k = read_keys(&p).expect("parse");
+        assert_eq!(
+            (k.id.as_str(), k.secret.as_str()),
+            ("AKIDEXAMPLE", "s3cr3t/x+y")
+        );
+        assert!(!format!("{k:?}").contains("s3cr3t"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = read_keys(&p).expect_err("world-readable");
+        assert!(e.contains("chmod 600") && !e.contains("s3cr3t"), "{e}");
+        std::fs::write(&p, "aws_access_key_id = only\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = read_keys(&p).expect_err("no secret");
+        assert!(e.contains("aws_secret_access_key"), "{e}");
+    }
+}

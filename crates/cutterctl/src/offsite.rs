@@ -1,0 +1,175 @@
+//! `cutterctl list --offsite` and `verify --offsite`: straight to the bucket
+//! with the daemon's config and credentials, no daemon needed (a lost
+//! host's replacement has none yet). Verify downloads each run into an
+//! unnamed temp file while hashing it, and believes it only when the
+//! manifest's signature is by a pinned signer and the bytes match it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use cutter_backup::v1::{VerifyReply, VerifyResult};
+use cutter_core::config::Config;
+use cutter_core::offsite::{Offsite, s3};
+use cutter_core::runid::RunId;
+use cutter_core::signer::{self, Cert};
+use cutter_core::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX};
+use serde::Serialize;
+
+/// The offsite client from `config`'s `[offsite]`, without the queue.
+pub fn client(config: &Config) -> anyhow::Result<Offsite> {
+    let cfg = config
+        .offsite
+        .as_ref()
+        .context("the config has no [offsite] section: add it (see docs/operations.md)")?;
+    Offsite::client_only(cfg).map_err(anyhow::Error::msg)
+}
+
+/// Pinned signers: `--signer` files, else `restore.trusted_signers`; none
+/// is an error (fail closed).
+pub fn signers(given: &[PathBuf], config: &Config) -> anyhow::Result<Vec<Cert>> {
+    let files = if given.is_empty() {
+        &config.restore.trusted_signers
+    } else {
+        given
+    };
+    if files.is_empty() {
+        bail!(
+            "no trusted manifest signer: pass --signer FILE (save it once with `cutterctl signer export > FILE`) or list it in restore.trusted_signers"
+        );
+    }
+    signer::read_all(files).map_err(anyhow::Error::msg)
+}
+
+/// One run in the bucket.
+#[derive(Debug, Serialize)]
+struct RemoteRun {
+    host: String,
+    run_id: String,
+    size_bytes: u64,
+    modified: String,
+    /// "complete" (artifact + manifest) or "incomplete".
+    state: &'static str,
+}
+
+/// Runs under `host` (every host when `None`), by (host, run_id).
+async fn runs(o: &Offsite, host: Option<&str>) -> anyhow::Result<Vec<RemoteRun>> {
+    let listed = o
+        .bucket
+        .list(host.unwrap_or(""))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for (h, objects) in s3::by_host(&o.bucket, &listed) {
+        // Key names are the bucket writer's to choose: only host and run
+        // names our rules allow reach the terminal.
+        if cutter_core::config::check_host(&h).is_err() {
+            continue;
+        }
+        let base = o.bucket.key(&format!("{h}/"));
+        let names: Vec<(&str, &s3::Listed)> = objects
+            .iter()
+            .filter_map(|l| l.key.strip_prefix(&base).map(|n| (n, *l)))
+            .collect();
+        for (name, l) in &names {
+            let Some(id) = name.strip_suffix(ARTIFACT_SUFFIX) else {
+                continue;
+            };
+            if RunId::parse(id).is_err() {
+                continue;
+            }
+            let manifest = format!("{id}{MANIFEST_SUFFIX}");
+            let complete = names.iter().any(|(n, _)| *n == manifest);
+            out.push(RemoteRun {
+                host: h.clone(),
+                run_id: id.to_owned(),
+                size_bytes: l.size,
+                modified: cutter_core::time::rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(u64::try_from(l.modified).unwrap_or(0)),
+                ),
+                state: if complete { "complete" } else { "incomplete" },
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.host, &b.modified, &a.run_id).cmp(&(&b.host, &a.modified, &b.run_id)));
+    Ok(out)
+}
+
+/// `cutterctl list --offsite`: every host's runs in the bucket (listed, not
+/// verified: `verify --offsite` authenticates).
+pub async fn list(config: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let o = client(&config)?;
+    let all = runs(&o, None).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<32} {:>12} {:<20}  state (listed, not verified)",
+        "host", "run_id", "size", "modified"
+    );
+    for r in &all {
+        println!(
+            "{:<24} {:<32} {:>12} {:<20}  {}",
+            r.host, r.run_id, r.size_bytes, r.modified, r.state
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `verify --offsite` checks.
+pub struct VerifyArgs<'a> {
+    /// The daemon's config.
+    pub config: &'a Path,
+    /// One run, or every run of the host with `all`.
+    pub run_id: Option<&'a str>,
+    /// Every run.
+    pub all: bool,
+    /// The host whose copies to check (default: this one's).
+    pub host: Option<&'a str>,
+    /// Pinned signers.
+    pub signer: &'a [PathBuf],
+    /// The envelope's sha256.
+    pub expect_sha256: Option<&'a str>,
+}
+
+/// `cutterctl verify --offsite`: re-downloads and re-hashes, streaming.
+pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
+    let config = Config::load(a.config)?;
+    let o = client(&config)?;
+    let signers = signers(a.signer, &config)?;
+    let host = a.host.unwrap_or(&o.host).to_owned();
+    cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
+    let ids: Vec<String> = if a.all {
+        runs(&o, Some(&host))
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect()
+    } else {
+        vec![a.run_id.unwrap_or_default().to_owned()]
+    };
+    let mut results = Vec::new();
+    for run_id in ids {
+        let id = RunId::parse(&run_id)?;
+        let outcome = match o.fetch(&host, &id, &signers).await {
+            Ok((m, _file)) => match a.expect_sha256 {
+                Some(want) if !want.eq_ignore_ascii_case(&m.sha256) => Err(format!(
+                    "the manifest says sha256 {}, the recorded envelope says {want}",
+                    m.sha256
+                )),
+                _ => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        results.push(VerifyResult {
+            artifact_ref: o.bucket.url(&o.key(&host, &id, ARTIFACT_SUFFIX)),
+            ok: outcome.is_ok(),
+            reason: outcome.err().unwrap_or_default(),
+            run_id,
+        });
+    }
+    Ok(VerifyReply { results })
+}
