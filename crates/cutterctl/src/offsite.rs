@@ -21,7 +21,7 @@ pub fn client(config: &Config) -> anyhow::Result<Offsite> {
     let cfg = config
         .offsite
         .as_ref()
-        .context("the config has no [offsite] section: add it (see docs/operations.md)")?;
+        .context("the config has no [offsite] section: add it (see docs/offsite.md)")?;
     Offsite::client_only(cfg).map_err(anyhow::Error::msg)
 }
 

@@ -252,11 +252,11 @@ impl Bucket {
                         self.endpoint
                     ),
                     ("NoSuchBucket", _) | ("", 404) if what.contains("bucket") => format!(
-                        "{what}: bucket {} does not exist at {}: create it (with Object Lock, see docs/operations.md) or fix offsite.url",
+                        "{what}: bucket {} does not exist at {}: create it (with Object Lock, see docs/offsite.md) or fix offsite.url",
                         self.bucket, self.endpoint
                     ),
                     ("AccessDenied", _) | ("", 403) => format!(
-                        "{what}: access denied ({code} {msg}): the credentials in {creds} are wrong or lack this permission on bucket {} (see the bucket policy in docs/operations.md)",
+                        "{what}: access denied ({code} {msg}): the credentials in {creds} are wrong or lack this permission on bucket {} (see the bucket policy in docs/offsite.md)",
                         self.bucket
                     ),
                     ("BadDigest", _) | ("XAmzContentSHA256Mismatch", _) => format!(
