@@ -377,3 +377,38 @@ async fn locked_copies_resist_prune_and_pin_places_a_legal_hold() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_local_run_swapped_while_queued_is_never_uploaded() {
+    let mut s = Setup::new(false, "async", "retry_max_secs = 1");
+    s.weed.stop();
+    let daemon = s.start();
+    backup(&daemon, "swapped").await.expect("queued");
+    // Someone who can write the backups directory swaps the run for a
+    // self-consistent forgery: junk bytes, a manifest that matches them,
+    // and a signature that is not the daemon's.
+    let dir = &s.world.backups;
+    let artifact = dir.join("swapped.sql.gpg");
+    std::fs::write(&artifact, b"not the backup").expect("forge artifact");
+    let manifest = dir.join("swapped.manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    m["sha256"] = sha256sum(&artifact).into();
+    m["size_bytes"] = 14.into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).expect("json")).expect("forge");
+    std::fs::write(dir.join("swapped.manifest.json.sig"), b"junk").expect("forge sig");
+
+    s.weed.start_again();
+    wait_until(
+        Duration::from_secs(60),
+        || daemon.log().contains("not this daemon's"),
+        || format!("the uploader never refused the forgery:\n{}", daemon.log()),
+    );
+    let keys = s.weed.keys(BUCKET, "backups/");
+    assert!(
+        !keys.iter().any(|k| k.contains("swapped")),
+        "a forged run reached the bucket: {keys:?}"
+    );
+    let status = text(&daemon.ctl(&["status"]));
+    assert!(status.contains("1 upload(s) pending"), "{status}");
+}

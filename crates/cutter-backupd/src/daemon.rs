@@ -401,7 +401,10 @@ impl ThenOffsite for Result<Done, Error> {
         };
         match cfg.mode {
             OffsiteMode::Required => {
-                let result = o.upload(&done.store, id).await;
+                let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
+                let result = o
+                    .upload(&done.store, id, own.as_ref(), Some(&done.manifest))
+                    .await;
                 daemon.admin.offsite_upload(setup, result.is_ok());
                 match result {
                     Ok(r) => done.offsite_ref = r,
@@ -456,7 +459,8 @@ impl Daemon {
                 let Ok(id) = RunId::parse(&p.run_id) else {
                     continue;
                 };
-                let result = o.upload(&setup.store, &id).await;
+                let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
+                let result = o.upload(&setup.store, &id, own.as_ref(), None).await;
                 self.admin.offsite_upload(&setup, result.is_ok());
                 let recorded = match &result {
                     Ok(r) => {

@@ -196,8 +196,25 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
         signers: own_signer(setup),
         expect_sha256: None,
     };
-    let decisions = retention::plan(&setup.store, &trust, policy, SystemTime::now())
+    let mut decisions = retention::plan(&setup.store, &trust, policy, SystemTime::now())
         .map_err(Status::internal)?;
+    // A run whose offsite copy is still queued may be the only copy there
+    // will ever be: it stays until the upload is confirmed.
+    if let Some(Ok(o)) = setup.offsite.as_ref()
+        && let Some(queue) = o.queue.as_ref()
+    {
+        let pending: std::collections::HashSet<String> =
+            queue.list().into_iter().map(|p| p.run_id).collect();
+        for d in decisions
+            .iter_mut()
+            .filter(|d| d.action == Action::Delete && pending.contains(d.run_id.as_str()))
+        {
+            d.action = Action::Leave;
+            d.reason =
+                "its offsite upload is still pending: kept until the remote copy is confirmed"
+                    .into();
+        }
+    }
     if confirm {
         retention::apply(&setup.store, &decisions).map_err(Status::internal)?;
         for d in decisions.iter().filter(|d| d.action == Action::Delete) {

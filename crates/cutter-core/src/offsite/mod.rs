@@ -98,11 +98,34 @@ impl Offsite {
     /// Uploads the committed run `id` from `store` (what is already there
     /// and confirmed is not sent again) and confirms it with HEAD: size,
     /// and the server's checksum when it reports one.
-    pub async fn upload(&self, store: &Store, id: &RunId) -> Result<String, String> {
+    ///
+    /// The local files are re-read here, and anyone who can write the
+    /// backups directory could have swapped them since the backup: the
+    /// manifest must be signed by this daemon (`own`) and, when the caller
+    /// knows it (`expected`, the manifest the envelope was made from), be
+    /// exactly that one; the artifact must hash to it while it streams up.
+    pub async fn upload(
+        &self,
+        store: &Store,
+        id: &RunId,
+        own: Option<&Cert>,
+        expected: Option<&Manifest>,
+    ) -> Result<String, String> {
         let signed = store
             .read_manifest(id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{id} has no local manifest to upload"))?;
+        let own = own.ok_or_else(|| {
+            format!("{id}: the daemon's signing key is unusable, so the local manifest cannot be authenticated; nothing was uploaded")
+        })?;
+        crate::verify::authenticate(id, &signed, std::slice::from_ref(own)).map_err(|e| {
+            format!("{id}: the local manifest is not this daemon's ({e}); nothing was uploaded")
+        })?;
+        if expected.is_some_and(|want| *want != signed.manifest) {
+            return Err(format!(
+                "{id}: the local manifest changed since the backup; nothing was uploaded: run `cutterctl verify {id}`"
+            ));
+        }
         let signature = signed
             .signature
             .clone()
@@ -157,7 +180,15 @@ impl Offsite {
         let Some(info) = self.bucket.head(akey).await? else {
             return Ok(false);
         };
-        if confirm(&info, m, None).is_err() {
+        // Only what the server computed counts: our metadata header can be
+        // set by anyone who can put objects. A single-part object's
+        // checksum is the whole file's sha256; a multipart one's cannot be
+        // derived from the manifest, so such a copy is sent again.
+        let whole = hex_to_bytes(&m.sha256).map(|b| openssl::base64::encode_block(&b));
+        if info.size != m.size_bytes
+            || whole.is_none()
+            || info.checksum_sha256.as_deref() != whole.as_deref()
+        {
             return Ok(false);
         }
         Ok(self.bucket.head(skey).await?.is_some() && self.bucket.head(mkey).await?.is_some())
@@ -461,6 +492,17 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The bytes of a lowercase or uppercase hex string (`None` if it is not hex).
+fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
