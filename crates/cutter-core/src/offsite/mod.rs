@@ -56,16 +56,9 @@ pub fn system_host() -> Result<String, String> {
 impl Offsite {
     /// Builds the client and opens the queue; reads the credentials now.
     pub fn new(cfg: &OffsiteConfig) -> Result<Self, String> {
-        let host = match &cfg.host {
-            Some(h) => h.clone(),
-            None => system_host()?,
-        };
-        crate::config::check_host(&host)?;
         Ok(Self {
-            bucket: Bucket::new(cfg)?,
-            host,
-            config: cfg.clone(),
             queue: Some(Queue::open(&cfg.queue_dir)?),
+            ..Self::client_only(cfg)?
         })
     }
 
