@@ -489,7 +489,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// The bytes of a lowercase or uppercase hex string (`None` if it is not hex).
 fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
