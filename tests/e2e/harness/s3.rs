@@ -25,8 +25,14 @@ pub const SECRET_KEY: &str = "cutter-test-secret-Zx81";
 fn weed_binary() -> PathBuf {
     static WEED: OnceLock<PathBuf> = OnceLock::new();
     WEED.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("scripts/seaweedfs.sh"))
+        // The workspace root's script (the bench crate includes this file
+        // from bench/, one level down).
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join("scripts/seaweedfs.sh"))
+            .find(|p| p.exists())
+            .expect("scripts/seaweedfs.sh above this crate");
+        let out = Command::new(&script)
             .output()
             .expect("run scripts/seaweedfs.sh");
         assert!(
