@@ -756,19 +756,7 @@ async fn socket_edges_peer_first_capped_and_no_foreign_unlink() {
     let mut cfg = world.config(Some(&fpr), Some(cert.clone()));
     cfg.server_extra = "max_connections = 3\n".into();
     let daemon = world.start(&cfg);
-    let err = daemon
-        .client()
-        .await
-        .pre_write_backup(big)
-        .await
-        .expect_err("too large");
-    assert!(
-        matches!(
-            err.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{err:?}"
-    );
+    crate::faults::refused_as_too_large(&daemon, big).await;
 
     // At the cap, the longest-idle connection is closed to admit a new one.
     let idle: Vec<_> = (0..3)

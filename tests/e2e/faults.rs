@@ -84,21 +84,13 @@ async fn garbage_http1_and_a_64_mib_message_are_refused_and_cost_nothing() {
         // The daemon answers with an error or closes; either way it ends.
         let _ = s.read_to_end(&mut reply);
     }
-    let err = daemon
-        .client()
-        .await
-        .pre_write_backup(PreWriteBackupRequest {
+    refused_as_too_large(
+        &daemon,
+        PreWriteBackupRequest {
             run_id: "x".repeat(64 << 20),
-        })
-        .await
-        .expect_err("too large");
-    assert!(
-        matches!(
-            err.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{err:?}"
-    );
+        },
+    )
+    .await;
     let status = daemon
         .client()
         .await
@@ -111,6 +103,23 @@ async fn garbage_http1_and_a_64_mib_message_are_refused_and_cost_nothing() {
     assert!(
         grown < 16 * 1024,
         "peak RSS grew by {grown} KiB for a 64 MiB message"
+    );
+}
+
+/// A request over the daemon's 256 KiB limit is refused as too large.
+pub async fn refused_as_too_large(daemon: &Daemon, req: PreWriteBackupRequest) {
+    let err = daemon
+        .client()
+        .await
+        .pre_write_backup(req)
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
     );
 }
 
