@@ -115,7 +115,11 @@ pub async fn hold(setup: &Setup, run_id: &str, on: bool) -> Result<(), Status> {
             if on { "pinned" } else { "unpinned" }
         ))
     };
-    if o.bucket.head(&akey).await.map_err(unavailable)?.is_none() {
+    let present = match o.bucket.versions(&akey).await.map_err(unavailable)? {
+        Some(versions) => !versions.is_empty(),
+        None => o.bucket.head(&akey, None).await.map_err(unavailable)?.is_some(),
+    };
+    if !present {
         return Ok(());
     }
     if !o.bucket.info().await.map_err(unavailable)?.object_lock {

@@ -187,6 +187,13 @@ pub async fn take(
         pg_dump_version: ready.pg_dump_version().line.clone(),
         producer: producer.0.clone(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        host: setup
+            .config
+            .offsite
+            .as_ref()
+            .and_then(|o| o.host.clone())
+            .or_else(|| crate::offsite::system_host().ok())
+            .unwrap_or_default(),
     };
     let bytes = manifest.to_bytes().map_err(Error::Internal)?;
     let signature = ready.signer().sign(&bytes).map_err(Error::Internal)?;

@@ -63,6 +63,11 @@ pub struct Manifest {
     pub producer: String,
     /// Wall time of the backup.
     pub duration_ms: u64,
+    /// The host that made it (`offsite.host`, else the host name): an
+    /// offsite copy is believed only under this host's prefix. Empty in
+    /// manifests made before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 impl Manifest {

@@ -15,7 +15,7 @@ pub mod s3;
 
 use std::fs::File;
 use std::io::{Seek, Write};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sequoia_openpgp::Cert;
 use sha2::{Digest, Sha256};
@@ -29,6 +29,9 @@ use crate::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Store};
 
 pub use queue::{Pending, Queue};
 pub use s3::Bucket;
+
+/// At most this many versions of one artifact are downloaded by a fetch.
+const MAX_DOWNLOADS: usize = 8;
 
 /// The name of the probe object selftest writes under this host's prefix.
 pub const PROBE_NAME: &str = ".cutter-probe";
@@ -127,7 +130,10 @@ impl Offsite {
         let akey = self.key(&self.host, id, ARTIFACT_SUFFIX);
         let mkey = self.key(&self.host, id, MANIFEST_SUFFIX);
         let skey = self.key(&self.host, id, SIGNATURE_SUFFIX);
-        if self.already_there(&akey, &mkey, &skey, m).await? {
+        if self
+            .already_there(&akey, &mkey, &skey, &signed.bytes, &signature, m)
+            .await?
+        {
             return Ok(self.bucket.url(&akey));
         }
         let file = store.open_artifact(id).map_err(|e| e.to_string())?;
@@ -142,16 +148,22 @@ impl Offsite {
             ));
         }
         let started = std::time::Instant::now();
-        let checksum = self.bucket.put_file(&akey, file, size, &m.sha256).await?;
+        let up = self.bucket.put_file(&akey, file, size, &m.sha256).await?;
         self.bucket.put_small(&skey, signature).await?;
         self.bucket.put_small(&mkey, signed.bytes.clone()).await?;
-        let info = self.bucket.head(&akey).await?.ok_or_else(|| {
-            format!(
-                "{} is missing right after its upload",
-                self.bucket.url(&akey)
-            )
-        })?;
-        confirm(&info, m, Some(&checksum))
+        // The version this upload made: a newer one written meanwhile by
+        // someone else is neither confirmed nor blamed on us.
+        let info = self
+            .bucket
+            .head(&akey, up.version_id.as_deref())
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "{} is missing right after its upload",
+                    self.bucket.url(&akey)
+                )
+            })?;
+        confirm(&info, m, Some(&up.checksum))
             .map_err(|e| format!("{}: {e}", self.bucket.url(&akey)))?;
         tracing::info!(
             run_id = %id,
@@ -163,20 +175,23 @@ impl Offsite {
         Ok(self.bucket.url(&akey))
     }
 
+    /// True when the run's three objects are in the bucket as we would
+    /// upload them: the artifact by the server's own full-object sha256
+    /// (our metadata header can be set by anyone who can put objects; a
+    /// multipart object's checksum cannot be derived from the manifest, so
+    /// such a copy is sent again), the manifest and signature byte for byte.
     async fn already_there(
         &self,
         akey: &str,
         mkey: &str,
         skey: &str,
+        manifest: &[u8],
+        signature: &[u8],
         m: &Manifest,
     ) -> Result<bool, String> {
-        let Some(info) = self.bucket.head(akey).await? else {
+        let Some(info) = self.bucket.head(akey, None).await? else {
             return Ok(false);
         };
-        // Only what the server computed counts: our metadata header can be
-        // set by anyone who can put objects. A single-part object's
-        // checksum is the whole file's sha256; a multipart one's cannot be
-        // derived from the manifest, so such a copy is sent again.
         let whole = hex_to_bytes(&m.sha256).map(|b| openssl::base64::encode_block(&b));
         if info.size != m.size_bytes
             || whole.is_none()
@@ -184,13 +199,27 @@ impl Offsite {
         {
             return Ok(false);
         }
-        Ok(self.bucket.head(skey).await?.is_some() && self.bucket.head(mkey).await?.is_some())
+        for (key, want) in [(skey, signature), (mkey, manifest)] {
+            let mut got = Vec::new();
+            let cap = u64::try_from(want.len()).unwrap_or(u64::MAX);
+            match self.bucket.get_into(key, None, &mut got, cap).await {
+                Ok(Some(_)) if got == want => {}
+                // Missing, different or oversized: send ours again.
+                Ok(_) | Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Downloads `host`'s run `id` and authenticates it: the manifest's
     /// signature by one of `signers`, then the artifact (streamed into an
     /// unnamed temp file, `O_TMPFILE`) against the manifest's sha256 and
     /// size, and its OpenPGP structure. The file is returned rewound.
+    ///
+    /// On a versioned bucket every version is a candidate, newest first
+    /// (at most [`s3::MAX_VERSIONS`] of each key): whoever can put objects
+    /// can write a newer version over a run, and the genuine one below it
+    /// must still restore.
     pub async fn fetch(
         &self,
         host: &str,
@@ -200,23 +229,81 @@ impl Offsite {
         let manifest = self.fetch_manifest(host, id, signers).await?;
         let akey = self.key(host, id, ARTIFACT_SUFFIX);
         let url = self.bucket.url(&akey);
+        let want = hex_to_bytes(&manifest.sha256).map(|b| openssl::base64::encode_block(&b));
+        let mut first_error = None;
+        let mut downloads = 0;
+        for v in self.bucket.candidates(&akey).await? {
+            if v.size.is_some_and(|n| n != manifest.size_bytes) {
+                first_error.get_or_insert_with(|| {
+                    format!(
+                        "{url}: the object's size is not the manifest's {} bytes",
+                        manifest.size_bytes
+                    )
+                });
+                continue;
+            }
+            if v.id.is_some()
+                && let Some(info) = self.bucket.head(&akey, v.id.as_deref()).await?
+                && let Some(sum) = &info.checksum_sha256
+                && !sum.contains('-')
+                && Some(sum) != want.as_ref()
+            {
+                // The server's own full-object sha256 rules it out.
+                first_error.get_or_insert_with(|| {
+                    format!("{url}: the server's sha256 of the object is not the manifest's")
+                });
+                continue;
+            }
+            if downloads == MAX_DOWNLOADS {
+                break;
+            }
+            downloads += 1;
+            match self.download(&akey, v.id.as_deref(), &manifest).await {
+                Ok(Some(file)) => return Ok((manifest, file)),
+                Ok(None) => {
+                    first_error
+                        .get_or_insert_with(|| format!("{url} does not exist (the manifest does)"));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| format!("{url} does not exist (the manifest does)")))
+    }
+
+    /// Downloads one version of an artifact and checks it against `manifest`.
+    async fn download(
+        &self,
+        akey: &str,
+        version: Option<&str>,
+        manifest: &Manifest,
+    ) -> Result<Option<File>, String> {
+        let url = self.bucket.url(akey);
         let file = tempfile::tempfile().map_err(|e| format!("creating a temp file: {e}"))?;
         let mut w = HashingWriter::new(file);
-        self.bucket
-            .get_into(&akey, &mut w, manifest.size_bytes)
+        if self
+            .bucket
+            .get_into(akey, version, &mut w, manifest.size_bytes)
             .await?
-            .ok_or_else(|| format!("{url} does not exist (the manifest does)"))?;
+            .is_none()
+        {
+            return Ok(None);
+        }
         let (sha, size, mut file) = w.finish().map_err(|e| format!("{url}: {e}"))?;
         manifest
             .check_bytes(&sha, size)
             .map_err(|e| format!("{url}: {e}"))?;
         file.rewind().map_err(|e| e.to_string())?;
-        crate::verify::check_structure(&file, &manifest).map_err(|e| format!("{url}: {e}"))?;
+        crate::verify::check_structure(&file, manifest).map_err(|e| format!("{url}: {e}"))?;
         file.rewind().map_err(|e| e.to_string())?;
-        Ok((manifest, file))
+        Ok(Some(file))
     }
 
-    /// The authenticated manifest of `host`'s run `id`.
+    /// The authenticated manifest of `host`'s run `id`: the newest version
+    /// of the manifest that a version of its signature authenticates, and
+    /// that names `host` (so a run copied under another host's prefix is
+    /// refused even when both hosts' signers are pinned).
     pub async fn fetch_manifest(
         &self,
         host: &str,
@@ -225,59 +312,108 @@ impl Offsite {
     ) -> Result<Manifest, String> {
         let mkey = self.key(host, id, MANIFEST_SUFFIX);
         let skey = self.key(host, id, SIGNATURE_SUFFIX);
-        let mut bytes = Vec::new();
-        self.bucket
-            .get_into(&mkey, &mut bytes, MAX_BYTES)
-            .await?
-            .ok_or_else(|| {
-                format!(
-                    "no manifest at {}: was {id} uploaded from host {host}? (`cutterctl list --offsite`)",
-                    self.bucket.url(&mkey)
-                )
-            })?;
-        let mut signature = Vec::new();
-        let sig = self
-            .bucket
-            .get_into(&skey, &mut signature, MAX_BYTES)
-            .await?
-            .map(|_| signature);
-        let signed = SignedManifest {
-            manifest: Manifest::parse(&bytes)
-                .map_err(|e| format!("{}: {e}", self.bucket.url(&mkey)))?,
-            bytes,
-            signature: sig,
-        };
-        crate::verify::authenticate(id, &signed, signers)
+        let mut signatures = Vec::new();
+        for v in self.bucket.candidates(&skey).await? {
+            let mut sig = Vec::new();
+            if self
+                .bucket
+                .get_into(&skey, v.id.as_deref(), &mut sig, MAX_BYTES)
+                .await?
+                .is_some()
+            {
+                signatures.push(sig);
+            }
+        }
+        let mut first_error = None;
+        let mut found = false;
+        for v in self.bucket.candidates(&mkey).await? {
+            let mut bytes = Vec::new();
+            if self
+                .bucket
+                .get_into(&mkey, v.id.as_deref(), &mut bytes, MAX_BYTES)
+                .await?
+                .is_none()
+            {
+                continue;
+            }
+            found = true;
+            let manifest = match Manifest::parse(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    first_error.get_or_insert_with(|| format!("{}: {e}", self.bucket.url(&mkey)));
+                    continue;
+                }
+            };
+            let tries: Vec<Option<Vec<u8>>> = if signatures.is_empty() {
+                vec![None]
+            } else {
+                signatures.iter().cloned().map(Some).collect()
+            };
+            for signature in tries {
+                let signed = SignedManifest {
+                    manifest: manifest.clone(),
+                    bytes: bytes.clone(),
+                    signature,
+                };
+                match crate::verify::authenticate(id, &signed, signers) {
+                    Ok(m) if m.host.is_empty() || m.host == host => return Ok(m),
+                    Ok(m) => {
+                        first_error.get_or_insert_with(|| {
+                            format!(
+                                "{}: the signed manifest was made on host {:?}, not {host:?}: a copy moved between host prefixes is not restored",
+                                self.bucket.url(&mkey),
+                                m.host
+                            )
+                        });
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if !found {
+            return Err(format!(
+                "no manifest at {}: was {id} uploaded from host {host}? (`cutterctl list --offsite`)",
+                self.bucket.url(&mkey)
+            ));
+        }
+        Err(first_error
+            .unwrap_or_else(|| format!("{id}: no version of its manifest authenticates")))
     }
 
-    /// Places a legal hold on `id`'s three objects (the bucket must have
-    /// Object Lock).
+    /// Places (or lifts) a legal hold on every version of `id`'s three
+    /// objects (the bucket must have Object Lock): a genuine version under
+    /// a newer planted one is held too.
     pub async fn hold(&self, id: &RunId, on: bool) -> Result<(), String> {
         for suffix in [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX] {
-            self.bucket
-                .legal_hold(&self.key(&self.host, id, suffix), on)
-                .await?;
+            let key = self.key(&self.host, id, suffix);
+            for v in self.bucket.candidates(&key).await? {
+                self.bucket.legal_hold(&key, v.id.as_deref(), on).await?;
+            }
         }
         Ok(())
     }
 
-    /// Deletes this host's copy of `id` unless any of its objects is
-    /// locked (retention or legal hold): `Ok(Some(why))` when left alone.
+    /// Deletes this host's copy of `id` unless any version of its objects
+    /// is locked (retention or legal hold): `Ok(Some(why))` when left
+    /// alone. Locks are read with GetObjectRetention and GetObjectLegalHold
+    /// (HEAD hides them from callers without those permissions), and a lock
+    /// that cannot be read counts as a lock.
     pub async fn prune(&self, id: &RunId) -> Result<Option<String>, String> {
-        let now = SystemTime::now();
         let keys: Vec<String> = [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX]
             .iter()
             .map(|s| self.key(&self.host, id, s))
             .collect();
-        for k in &keys {
-            if let Some(info) = self.bucket.head(k).await?
-                && info.locked(now)
-            {
-                let why = match info.retain_until {
-                    Some(t) if t > now => format!("locked until {}", crate::time::rfc3339(t)),
-                    _ => "under legal hold".to_owned(),
-                };
-                return Ok(Some(why));
+        if self.bucket.info().await?.object_lock {
+            for k in &keys {
+                for v in self.bucket.candidates(k).await? {
+                    match self.bucket.lock_of(k, v.id.as_deref()).await {
+                        Ok(None) => {}
+                        Ok(Some(why)) => return Ok(Some(why)),
+                        Err(e) => return Ok(Some(format!("its lock cannot be read ({e})"))),
+                    }
+                }
             }
         }
         // The manifest first: a run without it is incomplete, never restored.

@@ -20,14 +20,13 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload,
     CompletedPart, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
     ObjectLockMode,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use crate::config::{LockMode, OffsiteConfig, S3Url};
 use crate::encrypt::hex;
@@ -338,31 +337,22 @@ impl Bucket {
     /// configured retention.
     pub async fn put_small(&self, key: &str, data: Vec<u8>) -> Result<(), String> {
         let retention = self.retention().await?;
-        self.put_one(key, data, None, retention.as_ref()).await
+        self.put_one(key, data, retention.as_ref()).await
     }
 
     /// Uploads a probe: never with our retention (selftest runs every
     /// minute; each probe would otherwise be a version locked for days).
     pub async fn put_probe(&self, key: &str, data: Vec<u8>) -> Result<(), String> {
-        self.put_one(key, data, None, None).await
+        self.put_one(key, data, None).await
     }
 
     async fn put_one(
         &self,
         key: &str,
         data: Vec<u8>,
-        want_sha256: Option<&str>,
         retention: Option<&(ObjectLockMode, DateTime)>,
     ) -> Result<(), String> {
         let digest = Sha256::digest(&data);
-        let sha_hex = hex(&digest);
-        if let Some(want) = want_sha256
-            && !want.eq_ignore_ascii_case(&sha_hex)
-        {
-            return Err(format!(
-                "the local file hashes to sha256 {sha_hex}, its manifest says {want}: run `cutterctl verify`; nothing was uploaded"
-            ));
-        }
         let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
         let mut req = self
             .client
@@ -372,7 +362,7 @@ impl Bucket {
             .content_length(len)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(openssl::base64::encode_block(&digest))
-            .metadata(META_SHA256, &sha_hex)
+            .metadata(META_SHA256, hex(&digest))
             .body(ByteStream::from(data));
         if let Some((mode, until)) = retention {
             req = req
@@ -386,31 +376,54 @@ impl Bucket {
     }
 
     /// Streams `file` (`size` bytes, which must hash to `sha256_hex`) to
-    /// `key`: one PUT up to the part size, multipart above it, one part in
-    /// memory at a time. Every request carries the sha256 of its bytes for
-    /// the server to verify; the whole file's sha256 is checked against
-    /// `sha256_hex` before the upload is completed, so a file changed under
-    /// us never becomes a complete object. Returns the checksum HEAD must show.
+    /// `key`: one PUT up to the part size, multipart above it (parts grow
+    /// so a file never needs more than S3's 10,000). Memory stays flat:
+    /// each range is hashed through a small buffer, then sent as a body
+    /// that re-reads it from the open file (so the SDK can retry it). Every
+    /// request carries the sha256 of its range for the server to verify,
+    /// so the server stores exactly the bytes we hashed; the whole file's
+    /// sha256 is checked against `sha256_hex` before the object is
+    /// completed, so a file changed under us never becomes a complete
+    /// object. Returns what HEAD must show: the checksum, and the version
+    /// id on a versioned bucket.
     pub async fn put_file(
         &self,
         key: &str,
         file: std::fs::File,
         size: u64,
         sha256_hex: &str,
-    ) -> Result<String, String> {
+    ) -> Result<Uploaded, String> {
         let retention = self.retention().await?;
-        let mut file = tokio::fs::File::from_std(file);
-        if size <= self.part_size {
-            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-            (&mut file)
-                .take(size + 1)
-                .read_to_end(&mut data)
+        let source = Source::new(file)?;
+        let part_size = part_size_for(size, self.part_size);
+        if size <= part_size {
+            let mut whole = Sha256::new();
+            let digest = source.hash(0, size, Some(&mut whole)).await?;
+            check_whole(whole, sha256_hex, "nothing was uploaded")?;
+            let sum = openssl::base64::encode_block(&digest);
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&sum)
+                .metadata(META_SHA256, sha256_hex)
+                .body(source.body(0, size).await?);
+            if let Some((mode, until)) = &retention {
+                req = req
+                    .object_lock_mode(mode.clone())
+                    .object_lock_retain_until_date(*until);
+            }
+            let out = req
+                .send()
                 .await
-                .map_err(|e| format!("reading the local artifact: {e}"))?;
-            let sum = openssl::base64::encode_block(&Sha256::digest(&data));
-            self.put_one(key, data, Some(sha256_hex), retention.as_ref())
-                .await?;
-            return Ok(sum);
+                .map_err(|e| self.explain(&format!("PUT {}", self.url(key)), &e))?;
+            return Ok(Uploaded {
+                checksum: sum,
+                version_id: out.version_id().map(str::to_owned),
+            });
         }
         let mut create = self
             .client
@@ -433,7 +446,7 @@ impl Bucket {
             .ok_or("the server returned no multipart upload id")?
             .to_owned();
         let result = self
-            .upload_parts(key, &upload_id, &mut file, sha256_hex)
+            .upload_parts(key, &upload_id, &source, size, part_size, sha256_hex)
             .await;
         if result.is_err() {
             // Best effort: an abandoned upload only costs storage until the
@@ -454,25 +467,21 @@ impl Bucket {
         &self,
         key: &str,
         upload_id: &str,
-        file: &mut tokio::fs::File,
+        source: &Source,
+        size: u64,
+        part_size: u64,
         sha256_hex: &str,
-    ) -> Result<String, String> {
+    ) -> Result<Uploaded, String> {
         let mut whole = Sha256::new();
         let mut composite = Sha256::new();
         let mut parts = Vec::new();
-        let part_size = usize::try_from(self.part_size).unwrap_or(16 << 20);
+        let mut offset = 0u64;
         for number in 1i32.. {
-            let mut data = Vec::with_capacity(part_size);
-            (&mut *file)
-                .take(self.part_size)
-                .read_to_end(&mut data)
-                .await
-                .map_err(|e| format!("reading the local artifact: {e}"))?;
-            if data.is_empty() {
+            if offset >= size {
                 break;
             }
-            whole.update(&data);
-            let digest = Sha256::digest(&data);
+            let len = part_size.min(size - offset);
+            let digest = source.hash(offset, len, Some(&mut whole)).await?;
             composite.update(digest);
             let sum = openssl::base64::encode_block(&digest);
             let out = self
@@ -482,10 +491,10 @@ impl Bucket {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                .content_length(i64::try_from(len).unwrap_or(i64::MAX))
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&sum)
-                .body(ByteStream::from(data))
+                .body(source.body(offset, len).await?)
                 .send()
                 .await
                 .map_err(|e| {
@@ -498,15 +507,12 @@ impl Bucket {
                     .checksum_sha256(sum)
                     .build(),
             );
+            offset += len;
         }
-        let got = hex(&whole.finalize());
-        if !got.eq_ignore_ascii_case(sha256_hex) {
-            return Err(format!(
-                "the local file hashed to sha256 {got} while uploading, its manifest says {sha256_hex}: run `cutterctl verify`; the upload was aborted"
-            ));
-        }
+        check_whole(whole, sha256_hex, "the upload was aborted")?;
         let n = parts.len();
-        self.client
+        let out = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -519,19 +525,28 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| self.explain(&format!("CompleteMultipartUpload {}", self.url(key)), &e))?;
-        Ok(format!(
-            "{}-{n}",
-            openssl::base64::encode_block(&composite.finalize())
-        ))
+        Ok(Uploaded {
+            checksum: format!(
+                "{}-{n}",
+                openssl::base64::encode_block(&composite.finalize())
+            ),
+            version_id: out.version_id().map(str::to_owned),
+        })
     }
 
-    /// HEAD an object; `None` when it does not exist.
-    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, String> {
+    /// HEAD an object (its current version, or `version`); `None` when it
+    /// does not exist.
+    pub async fn head(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<ObjectInfo>, String> {
         let out = match self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_owned))
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
@@ -561,11 +576,12 @@ impl Bucket {
         }))
     }
 
-    /// Streams an object into `out`, at most `cap` bytes (more is an error).
-    /// `None` when it does not exist.
+    /// Streams an object (its current version, or `version`) into `out`,
+    /// at most `cap` bytes (more is an error). `None` when it does not exist.
     pub async fn get_into(
         &self,
         key: &str,
+        version: Option<&str>,
         out: &mut impl Write,
         cap: u64,
     ) -> Result<Option<u64>, String> {
@@ -574,6 +590,7 @@ impl Bucket {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_owned))
             .send()
             .await
         {
@@ -640,6 +657,143 @@ impl Bucket {
         Ok(out)
     }
 
+    /// The versions of `key`, newest first, at most [`MAX_VERSIONS`]
+    /// (delete markers are left out). `None` when the service or the
+    /// credentials do not allow listing versions: then only the current
+    /// version can be read.
+    pub async fn versions(&self, key: &str) -> Result<Option<Vec<Version>>, String> {
+        let mut out: Vec<Version> = Vec::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        for _page in 0..MAX_VERSION_PAGES {
+            let page = match self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(SdkError::ServiceError(se))
+                    if matches!(se.raw().status().as_u16(), 403 | 405 | 501)
+                        || se.err().code() == Some("NotImplemented") =>
+                {
+                    tracing::debug!(
+                        key,
+                        "listing versions is not allowed here; reading the current version only"
+                    );
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(self.explain(&format!("ListObjectVersions {}", self.url(key)), &e));
+                }
+            };
+            for v in page.versions() {
+                if v.key() != Some(key) {
+                    continue;
+                }
+                out.push(Version {
+                    id: v.version_id().filter(|id| *id != "null").map(str::to_owned),
+                    size: v.size().and_then(|n| u64::try_from(n).ok()),
+                    modified: v.last_modified().map(|d| (d.secs(), d.subsec_nanos())),
+                });
+            }
+            if out.len() >= MAX_VERSIONS || page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        // Newest first, whatever order the service listed them in.
+        out.sort_by(|a, b| b.modified.cmp(&a.modified));
+        out.truncate(MAX_VERSIONS);
+        Ok(Some(out))
+    }
+
+    /// The versions of `key` to try, newest first: listed, or just the
+    /// current one where versions cannot be listed.
+    pub async fn candidates(&self, key: &str) -> Result<Vec<Version>, String> {
+        Ok(self.versions(key).await?.unwrap_or_else(|| {
+            vec![Version {
+                id: None,
+                size: None,
+                modified: None,
+            }]
+        }))
+    }
+
+    /// Whether Object Lock protects `key` (its current version, or
+    /// `version`), asked explicitly (HEAD shows retention and legal hold
+    /// only to callers allowed to read them). An error is `Err`: the
+    /// caller must treat it as locked.
+    pub async fn lock_of(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let now = SystemTime::now();
+        let none = |code: Option<&str>, status: u16| {
+            code == Some("NoSuchObjectLockConfiguration") || status == 404
+        };
+        match self
+            .client
+            .get_object_retention()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_owned))
+            .send()
+            .await
+        {
+            Ok(o) => {
+                if let Some(until) = o
+                    .retention()
+                    .and_then(|r| r.retain_until_date())
+                    .and_then(|d| SystemTime::try_from(*d).ok())
+                    && until > now
+                {
+                    return Ok(Some(format!(
+                        "locked until {}",
+                        crate::time::rfc3339(until)
+                    )));
+                }
+            }
+            Err(SdkError::ServiceError(se))
+                if none(se.err().code(), se.raw().status().as_u16()) => {}
+            Err(e) => {
+                return Err(self.explain(&format!("GetObjectRetention {}", self.url(key)), &e));
+            }
+        }
+        match self
+            .client
+            .get_object_legal_hold()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_owned))
+            .send()
+            .await
+        {
+            Ok(o)
+                if o.legal_hold()
+                    .and_then(|h| h.status())
+                    .is_some_and(|s| *s == ObjectLockLegalHoldStatus::On) =>
+            {
+                Ok(Some("under legal hold".to_owned()))
+            }
+            Ok(_) => Ok(None),
+            Err(SdkError::ServiceError(se))
+                if none(se.err().code(), se.raw().status().as_u16()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.explain(&format!("GetObjectLegalHold {}", self.url(key)), &e)),
+        }
+    }
+
     /// Deletes an object (a delete marker on a versioned bucket).
     pub async fn delete(&self, key: &str) -> Result<(), String> {
         self.client
@@ -652,8 +806,14 @@ impl Bucket {
             .map_err(|e| self.explain(&format!("DELETE {}", self.url(key)), &e))
     }
 
-    /// Places (or lifts) a legal hold on an object.
-    pub async fn legal_hold(&self, key: &str, on: bool) -> Result<(), String> {
+    /// Places (or lifts) a legal hold on an object (its current version,
+    /// or `version`).
+    pub async fn legal_hold(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        on: bool,
+    ) -> Result<(), String> {
         let status = if on {
             ObjectLockLegalHoldStatus::On
         } else {
@@ -663,11 +823,149 @@ impl Bucket {
             .put_object_legal_hold()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_owned))
             .legal_hold(ObjectLockLegalHold::builder().status(status).build())
             .send()
             .await
             .map(|_| ())
             .map_err(|e| self.explain(&format!("PutObjectLegalHold {}", self.url(key)), &e))
+    }
+}
+
+/// At most this many versions of one key are considered (newest first):
+/// a bucket writer can add versions, and each may cost a download.
+pub const MAX_VERSIONS: usize = 50;
+
+/// Pages of ListObjectVersions read for one key (its prefix also matches
+/// longer keys, which a bucket writer could plant).
+const MAX_VERSION_PAGES: usize = 10;
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Its id; `None` on an unversioned bucket (the current object).
+    pub id: Option<String>,
+    /// Its size, when listed.
+    pub size: Option<u64>,
+    /// Last modified (seconds, nanoseconds), when listed.
+    pub modified: Option<(i64, u32)>,
+}
+
+/// What an upload left in the bucket, for the HEAD that confirms it.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The checksum the server must report (base64, `-N` for multipart).
+    pub checksum: String,
+    /// The version the upload made, on a versioned bucket.
+    pub version_id: Option<String>,
+}
+
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a `size`-byte file: the configured one, grown (in
+/// whole MiB) when the file would otherwise need more than 10,000 parts.
+fn part_size_for(size: u64, configured: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    configured.max(needed)
+}
+
+fn check_whole(whole: Sha256, want: &str, outcome: &str) -> Result<(), String> {
+    let got = hex(&whole.finalize());
+    if got.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the local artifact hashes to sha256 {got}, its manifest says {want}: run `cutterctl verify`; {outcome}"
+        ))
+    }
+}
+
+/// The open local artifact an upload reads: hashed range by range through
+/// a small buffer, and re-opened through `/proc/self/fd` for each request
+/// body, which is the same inode however the directory changes meanwhile.
+struct Source {
+    file: std::sync::Arc<std::fs::File>,
+    path: PathBuf,
+}
+
+/// The read buffer for hashing a range.
+const HASH_BUF: usize = 256 * 1024;
+
+impl Source {
+    fn new(file: std::fs::File) -> Result<Self, String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let (a, b) = (
+            file.metadata()
+                .map_err(|e| format!("stat the local artifact: {e}"))?,
+            std::fs::metadata(&path)
+                .map_err(|e| format!("{}: {e} (uploads need /proc mounted)", path.display()))?,
+        );
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(format!(
+                "{} is not the open artifact (uploads need this process's /proc)",
+                path.display()
+            ));
+        }
+        Ok(Self {
+            file: std::sync::Arc::new(file),
+            path,
+        })
+    }
+
+    /// The sha256 of `len` bytes at `offset`, also fed to `whole`.
+    async fn hash(
+        &self,
+        offset: u64,
+        len: u64,
+        whole: Option<&mut Sha256>,
+    ) -> Result<[u8; 32], String> {
+        let file = std::sync::Arc::clone(&self.file);
+        let carried = whole.as_ref().map(|w| (*w).clone());
+        let (digest, carried) = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut part = Sha256::new();
+            let mut carried = carried;
+            let mut buf = vec![0u8; HASH_BUF];
+            let (mut at, end) = (offset, offset + len);
+            while at < end {
+                let want = usize::try_from((end - at).min(HASH_BUF as u64)).unwrap_or(HASH_BUF);
+                let n = file
+                    .read_at(&mut buf[..want], at)
+                    .map_err(|e| format!("reading the local artifact: {e}"))?;
+                if n == 0 {
+                    return Err(format!(
+                        "the local artifact ended at byte {at}, its manifest says {end} or more: run `cutterctl verify`; the upload was aborted"
+                    ));
+                }
+                part.update(&buf[..n]);
+                if let Some(w) = carried.as_mut() {
+                    w.update(&buf[..n]);
+                }
+                at += n as u64;
+            }
+            Ok::<_, String>((<[u8; 32]>::from(part.finalize()), carried))
+        })
+        .await
+        .map_err(|e| format!("hashing the local artifact: {e}"))??;
+        if let (Some(w), Some(c)) = (whole, carried) {
+            *w = c;
+        }
+        Ok(digest)
+    }
+
+    /// A retryable request body: `len` bytes at `offset`.
+    async fn body(&self, offset: u64, len: u64) -> Result<ByteStream, String> {
+        ByteStream::read_from()
+            .path(&self.path)
+            .offset(offset)
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| format!("reading the local artifact: {e}"))
     }
 }
 
