@@ -135,6 +135,7 @@ fn manifest_for(keys: &[UsableKey]) -> Manifest {
         pg_dump_version: String::new(),
         producer: String::new(),
         duration_ms: 0,
+        host: String::new(),
     }
 }
 

@@ -412,3 +412,114 @@ async fn a_local_run_swapped_while_queued_is_never_uploaded() {
     let status = text(&daemon.ctl(&["status"]));
     assert!(status.contains("1 upload(s) pending"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine_version() {
+    let s = Setup::new(
+        true,
+        "required",
+        "lock_days = 1\nlock_mode = \"governance\"",
+    );
+    let daemon = s.start();
+    let env = backup(&daemon, "v1").await.expect("backup");
+    let cfg = s.config_path().display().to_string();
+
+    // The host's own write-only key can still PUT: the intruder writes junk
+    // over all three objects. Object Lock keeps the genuine versions below.
+    for name in ["v1.sql.gpg", "v1.manifest.json", "v1.manifest.json.sig"] {
+        s.weed.put(BUCKET, &s.key(name), b"ransom note".to_vec());
+        assert_eq!(s.weed.versions(BUCKET, &s.key(name)).len(), 2, "{name}");
+    }
+    assert_eq!(s.weed.get(BUCKET, &s.key("v1.sql.gpg")), b"ransom note");
+
+    let out = s.ctl(&["verify", "--offsite", "v1", "--config", &cfg]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("OK      v1"), "{t}");
+
+    // A pin holds every version, the genuine one under the junk included.
+    let out = daemon.ctl(&["pin", "v1", "--note", "incident"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["v1.sql.gpg", "v1.manifest.json", "v1.manifest.json.sig"] {
+        for v in s.weed.versions(BUCKET, &s.key(name)) {
+            assert_eq!(
+                s.weed.legal_hold_of(BUCKET, &s.key(name), Some(&v)),
+                "ON",
+                "{name} version {v}"
+            );
+        }
+    }
+
+    std::fs::remove_dir_all(&s.world.backups).expect("rm -rf backups");
+    let out = s.ctl(&refs(&s.restore_args("v1", "from_genuine")));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("RESTORE: OK"), "{t}");
+    assert!(
+        t.contains(&env.sha256),
+        "the restore names what it loaded: {t}"
+    );
+    assert_eq!(
+        s.world
+            .pg
+            .count("from_genuine", "cutter_governance.cut_run"),
+        5000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_moved_under_another_hosts_prefix_is_refused() {
+    let s = Setup::new(false, "required", "");
+    let daemon = s.start();
+    backup(&daemon, "h1").await.expect("backup");
+    let cfg = s.config_path().display().to_string();
+    // A bucket writer copies db-host-1's run under db-host-2/, where a
+    // restore for db-host-2 (whose signer is pinned too) would find it.
+    for name in ["h1.sql.gpg", "h1.manifest.json", "h1.manifest.json.sig"] {
+        let bytes = s.weed.get(BUCKET, &s.key(name));
+        s.weed
+            .put(BUCKET, &format!("backups/db-host-2/{name}"), bytes);
+    }
+    let out = s.ctl(&[
+        "verify",
+        "--offsite",
+        "h1",
+        "--host",
+        "db-host-2",
+        "--config",
+        &cfg,
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("FAILED  h1") && t.contains(&format!("made on host \"{HOST}\"")),
+        "{t}"
+    );
+    let out = s.ctl(&["verify", "--offsite", "h1", "--config", &cfg]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_replaces_a_planted_manifest_instead_of_trusting_its_name() {
+    let s = Setup::new(false, "required", "");
+    let daemon = s.start();
+    let first = backup(&daemon, "m1").await.expect("backup");
+    let cfg = s.config_path().display().to_string();
+    // The artifact is genuine; its manifest and signature are junk (an
+    // upload cut short, then a bucket writer filling the gap).
+    s.weed
+        .put(BUCKET, &s.key("m1.manifest.json"), b"{}".to_vec());
+    s.weed
+        .put(BUCKET, &s.key("m1.manifest.json.sig"), b"junk".to_vec());
+    let out = s.ctl(&["verify", "--offsite", "m1", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    let again = backup(&daemon, "m1").await.expect("retry");
+    assert_eq!(again.sha256, first.sha256);
+    let out = s.ctl(&["verify", "--offsite", "m1", "--config", &cfg]);
+    assert!(
+        out.status.success(),
+        "the retry left the junk: {}",
+        text(&out)
+    );
+}

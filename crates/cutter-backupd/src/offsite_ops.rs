@@ -117,7 +117,12 @@ pub async fn hold(setup: &Setup, run_id: &str, on: bool) -> Result<(), Status> {
     };
     let present = match o.bucket.versions(&akey).await.map_err(unavailable)? {
         Some(versions) => !versions.is_empty(),
-        None => o.bucket.head(&akey, None).await.map_err(unavailable)?.is_some(),
+        None => o
+            .bucket
+            .head(&akey, None)
+            .await
+            .map_err(unavailable)?
+            .is_some(),
     };
     if !present {
         return Ok(());

@@ -155,12 +155,18 @@ pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
     for run_id in ids {
         let id = RunId::parse(&run_id)?;
         let outcome = match o.fetch(&host, &id, &signers).await {
-            Ok((m, _file)) => match a.expect_sha256 {
-                Some(want) if !want.eq_ignore_ascii_case(&m.sha256) => Err(format!(
+            Ok(f) => match a.expect_sha256 {
+                Some(want) if !want.eq_ignore_ascii_case(&f.manifest.sha256) => Err(format!(
                     "the manifest says sha256 {}, the recorded envelope says {want}",
-                    m.sha256
+                    f.manifest.sha256
                 )),
-                _ => Ok(()),
+                _ => {
+                    let w = f.warning();
+                    if !w.is_empty() {
+                        eprintln!("WARNING {run_id}: {w}");
+                    }
+                    Ok(())
+                }
             },
             Err(e) => Err(e),
         };

@@ -284,13 +284,36 @@ impl SeaweedFs {
         .expect("put object");
     }
 
+    /// The version ids of `key`, as the server lists them.
+    pub fn versions(&self, bucket: &str, key: &str) -> Vec<String> {
+        let out = block_on(
+            self.client()
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(key)
+                .send(),
+        )
+        .expect("list object versions");
+        out.versions()
+            .iter()
+            .filter(|v| v.key() == Some(key))
+            .filter_map(|v| v.version_id().map(str::to_owned))
+            .collect()
+    }
+
     /// The legal hold status of an object ("ON", "OFF" or "").
     pub fn legal_hold(&self, bucket: &str, key: &str) -> String {
+        self.legal_hold_of(bucket, key, None)
+    }
+
+    /// The legal hold status of one version of an object.
+    pub fn legal_hold_of(&self, bucket: &str, key: &str, version: Option<&str>) -> String {
         block_on(
             self.client()
                 .get_object_legal_hold()
                 .bucket(bucket)
                 .key(key)
+                .set_version_id(version.map(str::to_owned))
                 .send(),
         )
         .ok()

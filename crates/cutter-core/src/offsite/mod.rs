@@ -30,6 +30,34 @@ use crate::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Store};
 pub use queue::{Pending, Queue};
 pub use s3::Bucket;
 
+/// A run fetched from the bucket and authenticated.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its signed manifest.
+    pub manifest: Manifest,
+    /// The artifact, in an unnamed temp file, rewound.
+    pub file: File,
+    /// The artifact's version id (on a versioned bucket).
+    pub version: Option<String>,
+    /// How many newer versions of the artifact were passed over because
+    /// they do not match the manifest: someone wrote over the run.
+    pub newer: usize,
+}
+
+impl Fetched {
+    /// "", or a warning that the genuine copy is an older version.
+    pub fn warning(&self) -> String {
+        if self.newer == 0 {
+            return String::new();
+        }
+        format!(
+            "the genuine copy is an older version ({}); {} newer version(s) of the artifact do not match its signed manifest: someone wrote over this run in the bucket",
+            self.version.as_deref().unwrap_or("?"),
+            self.newer
+        )
+    }
+}
+
 /// At most this many versions of one artifact are downloaded by a fetch.
 const MAX_DOWNLOADS: usize = 8;
 
@@ -220,19 +248,14 @@ impl Offsite {
     /// (at most [`s3::MAX_VERSIONS`] of each key): whoever can put objects
     /// can write a newer version over a run, and the genuine one below it
     /// must still restore.
-    pub async fn fetch(
-        &self,
-        host: &str,
-        id: &RunId,
-        signers: &[Cert],
-    ) -> Result<(Manifest, File), String> {
+    pub async fn fetch(&self, host: &str, id: &RunId, signers: &[Cert]) -> Result<Fetched, String> {
         let manifest = self.fetch_manifest(host, id, signers).await?;
         let akey = self.key(host, id, ARTIFACT_SUFFIX);
         let url = self.bucket.url(&akey);
         let want = hex_to_bytes(&manifest.sha256).map(|b| openssl::base64::encode_block(&b));
         let mut first_error = None;
         let mut downloads = 0;
-        for v in self.bucket.candidates(&akey).await? {
+        for (newer, v) in self.bucket.candidates(&akey).await?.into_iter().enumerate() {
             if v.size.is_some_and(|n| n != manifest.size_bytes) {
                 first_error.get_or_insert_with(|| {
                     format!(
@@ -259,7 +282,14 @@ impl Offsite {
             }
             downloads += 1;
             match self.download(&akey, v.id.as_deref(), &manifest).await {
-                Ok(Some(file)) => return Ok((manifest, file)),
+                Ok(Some(file)) => {
+                    return Ok(Fetched {
+                        manifest,
+                        file,
+                        version: v.id,
+                        newer,
+                    });
+                }
                 Ok(None) => {
                     first_error
                         .get_or_insert_with(|| format!("{url} does not exist (the manifest does)"));

@@ -191,7 +191,7 @@ fn fetch_offsite(
     let o = crate::offsite::client(config)?;
     let host = r.host.clone().unwrap_or_else(|| o.host.clone());
     cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
-    let (manifest, file) = tokio::runtime::Handle::current()
+    let fetched = tokio::runtime::Handle::current()
         .block_on(o.fetch(&host, id, &trust.signers))
         .map_err(|why| {
             anyhow::anyhow!(
@@ -199,20 +199,30 @@ fn fetch_offsite(
             )
         })?;
     if let Some(want) = &trust.expect_sha256
-        && !want.eq_ignore_ascii_case(&manifest.sha256)
+        && !want.eq_ignore_ascii_case(&fetched.manifest.sha256)
     {
         bail!(
             "{id}: the manifest says sha256 {}, the recorded envelope says {want}; nothing was restored",
-            manifest.sha256
+            fetched.manifest.sha256
         );
     }
     eprintln!(
-        "fetched {id} from {} ({} bytes; signed manifest and sha256 verified)",
-        o.artifact_url(id)
-            .replace(&format!("/{}/", o.host), &format!("/{host}/")),
-        manifest.size_bytes
+        "fetched {id} from {}{} ({} bytes, sha256 {}; signed manifest and sha256 verified)",
+        o.bucket
+            .url(&o.key(&host, id, cutter_core::store::ARTIFACT_SUFFIX)),
+        fetched
+            .version
+            .as_deref()
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default(),
+        fetched.manifest.size_bytes,
+        fetched.manifest.sha256
     );
-    Ok((manifest, file))
+    let warning = fetched.warning();
+    if !warning.is_empty() {
+        eprintln!("WARNING: {warning}");
+    }
+    Ok((fetched.manifest, fetched.file))
 }
 
 /// The daemon's live database, to refuse as a target.
