@@ -155,6 +155,12 @@ impl Offsite {
             .clone()
             .ok_or_else(|| format!("{id}: the local manifest is unsigned; not uploaded"))?;
         let m = &signed.manifest;
+        if !m.host.is_empty() && m.host != self.host {
+            return Err(format!(
+                "{id} was made on host {:?}, but offsite.host is now {:?}, under whose prefix it would not restore: set offsite.host back to {:?} to upload it; nothing was uploaded",
+                m.host, self.host, m.host
+            ));
+        }
         let akey = self.key(&self.host, id, ARTIFACT_SUFFIX);
         let mkey = self.key(&self.host, id, MANIFEST_SUFFIX);
         let skey = self.key(&self.host, id, SIGNATURE_SUFFIX);
@@ -342,29 +348,39 @@ impl Offsite {
     ) -> Result<Manifest, String> {
         let mkey = self.key(host, id, MANIFEST_SUFFIX);
         let skey = self.key(host, id, SIGNATURE_SUFFIX);
+        // A version that cannot be read (oversized, say: anyone who can put
+        // objects can plant one) is passed over, not the end of the walk.
+        let mut first_error = None;
         let mut signatures = Vec::new();
         for v in self.bucket.candidates(&skey).await? {
             let mut sig = Vec::new();
-            if self
+            match self
                 .bucket
                 .get_into(&skey, v.id.as_deref(), &mut sig, MAX_BYTES)
-                .await?
-                .is_some()
+                .await
             {
-                signatures.push(sig);
+                Ok(Some(_)) => signatures.push(sig),
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        let mut first_error = None;
         let mut found = false;
         for v in self.bucket.candidates(&mkey).await? {
             let mut bytes = Vec::new();
-            if self
+            match self
                 .bucket
                 .get_into(&mkey, v.id.as_deref(), &mut bytes, MAX_BYTES)
-                .await?
-                .is_none()
+                .await
             {
-                continue;
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    found = true;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
             }
             found = true;
             let manifest = match Manifest::parse(&bytes) {

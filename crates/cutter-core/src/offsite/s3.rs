@@ -640,6 +640,12 @@ impl Bucket {
                 .send()
                 .await
                 .map_err(|e| self.explain(&format!("LIST {}", self.url(&prefix)), &e))?;
+            if out.len() + page.contents().len() > MAX_LISTED {
+                return Err(format!(
+                    "more than {MAX_LISTED} objects under {}: list one host at a time (--host), or expire old copies with a lifecycle rule",
+                    self.url(&prefix)
+                ));
+            }
             for o in page.contents() {
                 if let Some(key) = o.key() {
                     out.push(Listed {
@@ -710,7 +716,7 @@ impl Bucket {
             }
         }
         // Newest first, whatever order the service listed them in.
-        out.sort_by(|a, b| b.modified.cmp(&a.modified));
+        out.sort_by_key(|v| std::cmp::Reverse(v.modified));
         out.truncate(MAX_VERSIONS);
         Ok(Some(out))
     }
@@ -860,6 +866,9 @@ pub struct Uploaded {
     pub version_id: Option<String>,
 }
 
+/// The most objects one listing gathers (a bucket writer can plant keys).
+const MAX_LISTED: usize = 1_000_000;
+
 /// S3's limit on the parts of one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -890,7 +899,7 @@ struct Source {
     path: PathBuf,
 }
 
-/// The read buffer for hashing a range.
+/// The read buffer for hashing a range, and for sending it.
 const HASH_BUF: usize = 256 * 1024;
 
 impl Source {
@@ -963,6 +972,7 @@ impl Source {
             .path(&self.path)
             .offset(offset)
             .length(Length::Exact(len))
+            .buffer_size(HASH_BUF)
             .build()
             .await
             .map_err(|e| format!("reading the local artifact: {e}"))
@@ -989,6 +999,18 @@ pub fn by_host<'a>(bucket: &Bucket, listed: &'a [Listed]) -> BTreeMap<String, Ve
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn parts_grow_so_no_file_needs_more_than_ten_thousand() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(part_size_for(1, 16 * MIB), 16 * MIB);
+        assert_eq!(part_size_for(100_000 * MIB, 16 * MIB), 16 * MIB);
+        for size in [160_001 * MIB, 1 << 40, 5 << 40] {
+            let part = part_size_for(size, 16 * MIB);
+            assert!(size.div_ceil(part) <= MAX_PARTS, "{size}: {part}");
+            assert_eq!(part % MIB, 0);
+        }
+    }
 
     #[test]
     fn credentials_files_are_parsed_and_guarded() {
