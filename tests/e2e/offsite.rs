@@ -435,7 +435,10 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     let out = s.ctl(&["verify", "--offsite", "v1", "--config", &cfg]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("OK      v1"), "{t}");
+    assert!(
+        t.contains("OK      v1 (WARNING:") && t.contains("someone wrote over this run"),
+        "{t}"
+    );
 
     // A pin holds every version, the genuine one under the junk included.
     let out = daemon.ctl(&["pin", "v1", "--note", "incident"]);
@@ -458,6 +461,10 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     assert!(
         t.contains(&env.sha256),
         "the restore names what it loaded: {t}"
+    );
+    assert!(
+        t.contains("WARNING: the genuine artifact is an older version"),
+        "{t}"
     );
     assert_eq!(
         s.world
@@ -557,4 +564,45 @@ async fn a_multipart_upload_streams_from_the_file_and_verifies() {
         &cfg,
     ]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_signed_manifests_for_one_run_need_the_envelopes_sha256() {
+    // Two genuine, different runs under one id: what an intruder holding
+    // the signing key could also write. Newest-wins would restore theirs.
+    let s = Setup::new(true, "required", "");
+    let daemon = s.start();
+    let first = backup(&daemon, "d1").await.expect("backup");
+    for suffix in [".sql.gpg", ".manifest.json", ".manifest.json.sig"] {
+        std::fs::remove_file(s.world.backups.join(format!("d1{suffix}"))).expect("rm local run");
+    }
+    let second = backup(&daemon, "d1").await.expect("second backup");
+    assert_ne!(first.sha256, second.sha256);
+    let cfg = s.config_path().display().to_string();
+
+    let out = s.ctl(&["verify", "--offsite", "d1", "--config", &cfg]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("2 different signed manifests") && t.contains("--expect-sha256"),
+        "{t}"
+    );
+    for env in [&first, &second] {
+        let out = s.ctl(&[
+            "verify",
+            "--offsite",
+            "d1",
+            "--expect-sha256",
+            &env.sha256,
+            "--config",
+            &cfg,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut args = s.restore_args("d1", "from_first");
+    args.extend(["--expect-sha256".to_owned(), first.sha256.clone()]);
+    let out = s.ctl(&refs(&args));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&first.sha256), "{t}");
 }

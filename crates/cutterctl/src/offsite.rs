@@ -154,26 +154,25 @@ pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
     let mut results = Vec::new();
     for run_id in ids {
         let id = RunId::parse(&run_id)?;
-        let outcome = match o.fetch(&host, &id, &signers).await {
+        // A good copy's warnings ride in `reason` (JSON monitoring sees
+        // them too); the text output prints them after OK.
+        let (ok, reason) = match o.fetch(&host, &id, &signers, a.expect_sha256).await {
             Ok(f) => match a.expect_sha256 {
-                Some(want) if !want.eq_ignore_ascii_case(&f.manifest.sha256) => Err(format!(
-                    "the manifest says sha256 {}, the recorded envelope says {want}",
-                    f.manifest.sha256
-                )),
-                _ => {
-                    let w = f.warning();
-                    if !w.is_empty() {
-                        eprintln!("WARNING {run_id}: {w}");
-                    }
-                    Ok(())
-                }
+                Some(want) if !want.eq_ignore_ascii_case(&f.manifest.sha256) => (
+                    false,
+                    format!(
+                        "the manifest says sha256 {}, the recorded envelope says {want}",
+                        f.manifest.sha256
+                    ),
+                ),
+                _ => (true, f.warnings.join("; ")),
             },
-            Err(e) => Err(e),
+            Err(e) => (false, e),
         };
         results.push(VerifyResult {
             artifact_ref: o.bucket.url(&o.key(&host, &id, ARTIFACT_SUFFIX)),
-            ok: outcome.is_ok(),
-            reason: outcome.err().unwrap_or_default(),
+            ok,
+            reason,
             run_id,
         });
     }

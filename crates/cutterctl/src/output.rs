@@ -207,8 +207,14 @@ pub fn verify(r: &VerifyReply, as_json: bool) -> ExitCode {
         print_json(r);
     } else {
         for v in &r.results {
-            if v.ok {
+            if v.ok && v.reason.is_empty() {
                 println!("OK      {}", clean(&v.run_id));
+            } else if v.ok {
+                println!(
+                    "OK      {} (WARNING: {})",
+                    clean(&v.run_id),
+                    clean(&v.reason)
+                );
             } else {
                 println!("FAILED  {}: {}", clean(&v.run_id), clean(&v.reason));
             }

@@ -39,27 +39,18 @@ pub struct Fetched {
     pub file: File,
     /// The artifact's version id (on a versioned bucket).
     pub version: Option<String>,
-    /// How many newer versions of the artifact were passed over because
-    /// they do not match the manifest: someone wrote over the run.
-    pub newer: usize,
-}
-
-impl Fetched {
-    /// "", or a warning that the genuine copy is an older version.
-    pub fn warning(&self) -> String {
-        if self.newer == 0 {
-            return String::new();
-        }
-        format!(
-            "the genuine copy is an older version ({}); {} newer version(s) of the artifact do not match its signed manifest: someone wrote over this run in the bucket",
-            self.version.as_deref().unwrap_or("?"),
-            self.newer
-        )
-    }
+    /// What the operator must know although the copy is good: newer
+    /// versions that were passed over because they do not authenticate
+    /// (someone wrote over the run).
+    pub warnings: Vec<String>,
 }
 
 /// At most this many versions of one artifact are downloaded by a fetch.
 const MAX_DOWNLOADS: usize = 8;
+
+/// The largest signature object a fetch reads: ours is one Ed25519
+/// signature packet (~120 bytes); a bigger one only costs verifications.
+const MAX_SIGNATURE_BYTES: u64 = 4096;
 
 /// The name of the probe object selftest writes under this host's prefix.
 pub const PROBE_NAME: &str = ".cutter-probe";
@@ -189,7 +180,7 @@ impl Offsite {
         // someone else is neither confirmed nor blamed on us.
         let info = self
             .bucket
-            .head(&akey, up.version_id.as_deref())
+            .head_or_current(&akey, up.version_id.as_deref())
             .await?
             .ok_or_else(|| {
                 format!(
@@ -249,13 +240,23 @@ impl Offsite {
     /// signature by one of `signers`, then the artifact (streamed into an
     /// unnamed temp file, `O_TMPFILE`) against the manifest's sha256 and
     /// size, and its OpenPGP structure. The file is returned rewound.
+    /// `expect_sha256` (the envelope's) picks the run when the bucket holds
+    /// two different signed manifests for it.
     ///
     /// On a versioned bucket every version is a candidate, newest first
     /// (at most [`s3::MAX_VERSIONS`] of each key): whoever can put objects
     /// can write a newer version over a run, and the genuine one below it
     /// must still restore.
-    pub async fn fetch(&self, host: &str, id: &RunId, signers: &[Cert]) -> Result<Fetched, String> {
-        let manifest = self.fetch_manifest(host, id, signers).await?;
+    pub async fn fetch(
+        &self,
+        host: &str,
+        id: &RunId,
+        signers: &[Cert],
+        expect_sha256: Option<&str>,
+    ) -> Result<Fetched, String> {
+        let (manifest, mut warnings) = self
+            .fetch_manifest(host, id, signers, expect_sha256)
+            .await?;
         let akey = self.key(host, id, ARTIFACT_SUFFIX);
         let url = self.bucket.url(&akey);
         let want = hex_to_bytes(&manifest.sha256).map(|b| openssl::base64::encode_block(&b));
@@ -271,17 +272,29 @@ impl Offsite {
                 });
                 continue;
             }
-            if v.id.is_some()
-                && let Some(info) = self.bucket.head(&akey, v.id.as_deref()).await?
-                && let Some(sum) = &info.checksum_sha256
-                && !sum.contains('-')
-                && Some(sum) != want.as_ref()
-            {
-                // The server's own full-object sha256 rules it out.
-                first_error.get_or_insert_with(|| {
-                    format!("{url}: the server's sha256 of the object is not the manifest's")
-                });
-                continue;
+            if v.id.is_some() {
+                match self.bucket.head(&akey, v.id.as_deref()).await {
+                    // The server's own full-object sha256 rules it out.
+                    Ok(Some(info))
+                        if info.checksum_sha256.as_ref().is_some_and(|sum| {
+                            !sum.contains('-') && Some(sum) != want.as_ref()
+                        }) =>
+                    {
+                        first_error.get_or_insert_with(|| {
+                            format!(
+                                "{url}: the server's sha256 of the object is not the manifest's"
+                            )
+                        });
+                        continue;
+                    }
+                    Ok(_) => {}
+                    // One unreadable version (a planted SSE-C object, say)
+                    // is passed over, not the end of the walk.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                }
             }
             if downloads == MAX_DOWNLOADS {
                 break;
@@ -289,11 +302,17 @@ impl Offsite {
             downloads += 1;
             match self.download(&akey, v.id.as_deref(), &manifest).await {
                 Ok(Some(file)) => {
+                    if newer > 0 {
+                        warnings.push(format!(
+                            "the genuine artifact is an older version ({}); {newer} newer version(s) do not match its signed manifest: someone wrote over this run in the bucket",
+                            v.id.as_deref().unwrap_or("?")
+                        ));
+                    }
                     return Ok(Fetched {
                         manifest,
                         file,
                         version: v.id,
-                        newer,
+                        warnings,
                     });
                 }
                 Ok(None) => {
@@ -336,45 +355,53 @@ impl Offsite {
         Ok(Some(file))
     }
 
-    /// The authenticated manifest of `host`'s run `id`: the newest version
-    /// of the manifest that a version of its signature authenticates, and
-    /// that names `host` (so a run copied under another host's prefix is
-    /// refused even when both hosts' signers are pinned).
+    /// The authenticated manifest of `host`'s run `id`, and warnings.
+    ///
+    /// Every version of the manifest is tried against every version of its
+    /// signature. Exactly one signed manifest must name this run and
+    /// `host` (so a run copied under another host's prefix is refused):
+    /// two different ones mean someone with the signing key wrote a second
+    /// run under the same id, and then only `expect_sha256` can say which
+    /// is the one the orchestrator was given.
     pub async fn fetch_manifest(
         &self,
         host: &str,
         id: &RunId,
         signers: &[Cert],
-    ) -> Result<Manifest, String> {
+        expect_sha256: Option<&str>,
+    ) -> Result<(Manifest, Vec<String>), String> {
         let mkey = self.key(host, id, MANIFEST_SUFFIX);
         let skey = self.key(host, id, SIGNATURE_SUFFIX);
         // A version that cannot be read (oversized, say: anyone who can put
         // objects can plant one) is passed over, not the end of the walk.
         let mut first_error = None;
-        let mut signatures = Vec::new();
+        let mut signatures: Vec<Vec<u8>> = Vec::new();
         for v in self.bucket.candidates(&skey).await? {
             let mut sig = Vec::new();
             match self
                 .bucket
-                .get_into(&skey, v.id.as_deref(), &mut sig, MAX_BYTES)
+                .get_into(&skey, v.id.as_deref(), &mut sig, MAX_SIGNATURE_BYTES)
                 .await
             {
-                Ok(Some(_)) => signatures.push(sig),
-                Ok(None) => {}
+                Ok(Some(_)) if !signatures.contains(&sig) => signatures.push(sig),
+                Ok(_) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
         let mut found = false;
-        for v in self.bucket.candidates(&mkey).await? {
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        // (position among the manifest's versions, manifest)
+        let mut genuine: Vec<(usize, Manifest)> = Vec::new();
+        for (at, v) in self.bucket.candidates(&mkey).await?.into_iter().enumerate() {
             let mut bytes = Vec::new();
             match self
                 .bucket
                 .get_into(&mkey, v.id.as_deref(), &mut bytes, MAX_BYTES)
                 .await
             {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => found = true,
                 Ok(None) => continue,
                 Err(e) => {
                     found = true;
@@ -382,7 +409,10 @@ impl Offsite {
                     continue;
                 }
             }
-            found = true;
+            if seen.contains(&bytes) {
+                continue;
+            }
+            seen.push(bytes.clone());
             let manifest = match Manifest::parse(&bytes) {
                 Ok(m) => m,
                 Err(e) => {
@@ -402,7 +432,10 @@ impl Offsite {
                     signature,
                 };
                 match crate::verify::authenticate(id, &signed, signers) {
-                    Ok(m) if m.host.is_empty() || m.host == host => return Ok(m),
+                    Ok(m) if m.host.is_empty() || m.host == host => {
+                        genuine.push((at, m));
+                        break;
+                    }
                     Ok(m) => {
                         first_error.get_or_insert_with(|| {
                             format!(
@@ -424,21 +457,60 @@ impl Offsite {
                 self.bucket.url(&mkey)
             ));
         }
-        Err(first_error
-            .unwrap_or_else(|| format!("{id}: no version of its manifest authenticates")))
+        if let Some(want) = expect_sha256 {
+            genuine.retain(|(_, m)| m.sha256.eq_ignore_ascii_case(want));
+            if genuine.is_empty() {
+                return Err(first_error.map_or_else(
+                    || format!("{id}: no signed manifest in the bucket has the recorded envelope's sha256 {want}"),
+                    |e| format!("{id}: no signed manifest in the bucket has the recorded envelope's sha256 {want} ({e})"),
+                ));
+            }
+        }
+        match genuine.as_slice() {
+            [] => Err(first_error
+                .unwrap_or_else(|| format!("{id}: no version of its manifest authenticates"))),
+            [(at, m)] => {
+                let mut warnings = Vec::new();
+                if *at > 0 {
+                    warnings.push(format!(
+                        "{at} newer version(s) of {} do not authenticate: someone wrote over this run in the bucket",
+                        self.bucket.url(&mkey)
+                    ));
+                }
+                Ok((m.clone(), warnings))
+            }
+            several => Err(format!(
+                "{id}: the bucket holds {} different signed manifests for this run ({}): whoever holds the signing key wrote a second one; pass --expect-sha256 with the envelope's sha256 to choose",
+                several.len(),
+                several
+                    .iter()
+                    .map(|(_, m)| format!("sha256 {} made {}", m.sha256, m.created_at))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     /// Places (or lifts) a legal hold on every version of `id`'s three
-    /// objects (the bucket must have Object Lock): a genuine version under
-    /// a newer planted one is held too.
+    /// objects (the newest [`s3::MAX_VERSIONS`] of each; the bucket must
+    /// have Object Lock): a genuine version under a newer planted one is
+    /// held too. A version that refuses goes on to the others and is
+    /// reported at the end.
     pub async fn hold(&self, id: &RunId, on: bool) -> Result<(), String> {
+        let mut errors = Vec::new();
         for suffix in [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX] {
             let key = self.key(&self.host, id, suffix);
             for v in self.bucket.candidates(&key).await? {
-                self.bucket.legal_hold(&key, v.id.as_deref(), on).await?;
+                if let Err(e) = self.bucket.legal_hold(&key, v.id.as_deref(), on).await {
+                    errors.push(e);
+                }
             }
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Deletes this host's copy of `id` unless any version of its objects

@@ -9,8 +9,10 @@
 //! carry them either).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -20,7 +22,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, SdkBody};
 use aws_sdk_s3::types::{
     BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload,
     CompletedPart, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
@@ -379,9 +381,10 @@ impl Bucket {
     /// `key`: one PUT up to the part size, multipart above it (parts grow
     /// so a file never needs more than S3's 10,000). Memory stays flat:
     /// each range is hashed through a small buffer, then sent as a body
-    /// that re-reads it from the open file (so the SDK can retry it). Every
-    /// request carries the sha256 of its range for the server to verify,
-    /// so the server stores exactly the bytes we hashed; the whole file's
+    /// that reads it again from the open file (so the SDK can retry it)
+    /// and hashes what it sent. Every request carries the sha256 of its
+    /// range for the server to verify, and what was sent must hash to it
+    /// too (for services that do not check); the whole file's
     /// sha256 is checked against `sha256_hex` before the object is
     /// completed, so a file changed under us never becomes a complete
     /// object. Returns what HEAD must show: the checksum, and the version
@@ -394,11 +397,11 @@ impl Bucket {
         sha256_hex: &str,
     ) -> Result<Uploaded, String> {
         let retention = self.retention().await?;
-        let source = Source::new(file)?;
+        let source = Source::new(file);
         let part_size = part_size_for(size, self.part_size);
         if size <= part_size {
             let mut whole = Sha256::new();
-            let digest = source.hash(0, size, Some(&mut whole)).await?;
+            let digest = source.hash(0, size, &mut whole).await?;
             check_whole(whole, sha256_hex, "nothing was uploaded")?;
             let sum = openssl::base64::encode_block(&digest);
             let mut req = self
@@ -410,7 +413,7 @@ impl Bucket {
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&sum)
                 .metadata(META_SHA256, sha256_hex)
-                .body(source.body(0, size).await?);
+                .body(source.body(0, size));
             if let Some((mode, until)) = &retention {
                 req = req
                     .object_lock_mode(mode.clone())
@@ -420,6 +423,9 @@ impl Bucket {
                 .send()
                 .await
                 .map_err(|e| self.explain(&format!("PUT {}", self.url(key)), &e))?;
+            if !source.sent_matches(0, &digest) {
+                return Err(changed_while_sent(&self.url(key)));
+            }
             return Ok(Uploaded {
                 checksum: sum,
                 version_id: out.version_id().map(str::to_owned),
@@ -481,7 +487,7 @@ impl Bucket {
                 break;
             }
             let len = part_size.min(size - offset);
-            let digest = source.hash(offset, len, Some(&mut whole)).await?;
+            let digest = source.hash(offset, len, &mut whole).await?;
             composite.update(digest);
             let sum = openssl::base64::encode_block(&digest);
             let out = self
@@ -494,12 +500,15 @@ impl Bucket {
                 .content_length(i64::try_from(len).unwrap_or(i64::MAX))
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&sum)
-                .body(source.body(offset, len).await?)
+                .body(source.body(offset, len))
                 .send()
                 .await
                 .map_err(|e| {
                     self.explain(&format!("UploadPart {number} of {}", self.url(key)), &e)
                 })?;
+            if !source.sent_matches(offset, &digest) {
+                return Err(changed_while_sent(&self.url(key)));
+            }
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -541,6 +550,37 @@ impl Bucket {
         key: &str,
         version: Option<&str>,
     ) -> Result<Option<ObjectInfo>, String> {
+        self.head_sdk(key, version)
+            .await
+            .map_err(|e| self.explain(&format!("HEAD {}", self.url(key)), &e))
+    }
+
+    /// HEAD of `version`, or of the current version where reading a
+    /// version is denied (credentials without `s3:GetObjectVersion`).
+    pub async fn head_or_current(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<ObjectInfo>, String> {
+        match self.head_sdk(key, version).await {
+            Err(SdkError::ServiceError(se)) if version.is_some() && denied(se.raw()) => {
+                self.head(key, None).await
+            }
+            r => r.map_err(|e| self.explain(&format!("HEAD {}", self.url(key)), &e)),
+        }
+    }
+
+    async fn head_sdk(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<
+        Option<ObjectInfo>,
+        SdkError<
+            aws_sdk_s3::operation::head_object::HeadObjectError,
+            aws_sdk_s3::config::http::HttpResponse,
+        >,
+    > {
         let out = match self
             .client
             .head_object()
@@ -555,7 +595,7 @@ impl Bucket {
             Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => {
                 return Ok(None);
             }
-            Err(e) => return Err(self.explain(&format!("HEAD {}", self.url(key)), &e)),
+            Err(e) => return Err(e),
         };
         Ok(Some(ObjectInfo {
             size: out
@@ -701,7 +741,12 @@ impl Bucket {
                     continue;
                 }
                 out.push(Version {
-                    id: v.version_id().filter(|id| *id != "null").map(str::to_owned),
+                    // "null" is the version made while versioning was off;
+                    // only when it is the current one is "no id" the same.
+                    id: v
+                        .version_id()
+                        .filter(|id| *id != "null" || v.is_latest() != Some(true))
+                        .map(str::to_owned),
                     size: v.size().and_then(|n| u64::try_from(n).ok()),
                     modified: v.last_modified().map(|d| (d.secs(), d.subsec_nanos())),
                 });
@@ -723,14 +768,32 @@ impl Bucket {
 
     /// The versions of `key` to try, newest first: listed, or just the
     /// current one where versions cannot be listed.
+    ///
+    /// Also just the current one when the listing is empty (a service that
+    /// lists no versions), or when the newest listed version cannot be read
+    /// by its id (credentials without `s3:GetObjectVersion`).
     pub async fn candidates(&self, key: &str) -> Result<Vec<Version>, String> {
-        Ok(self.versions(key).await?.unwrap_or_else(|| {
+        let current = || {
             vec![Version {
                 id: None,
                 size: None,
                 modified: None,
             }]
-        }))
+        };
+        let Some(listed) = self.versions(key).await?.filter(|l| !l.is_empty()) else {
+            return Ok(current());
+        };
+        if let Some(id) = listed.first().and_then(|v| v.id.as_deref())
+            && let Err(SdkError::ServiceError(se)) = self.head_sdk(key, Some(id)).await
+            && denied(se.raw())
+        {
+            tracing::debug!(
+                key,
+                "reading versions by id is denied; reading the current version only"
+            );
+            return Ok(current());
+        }
+        Ok(listed)
     }
 
     /// Whether Object Lock protects `key` (its current version, or
@@ -869,6 +932,11 @@ pub struct Uploaded {
 /// The most objects one listing gathers (a bucket writer can plant keys).
 const MAX_LISTED: usize = 1_000_000;
 
+/// A 403: the credentials lack the permission.
+fn denied(raw: &aws_sdk_s3::config::http::HttpResponse) -> bool {
+    raw.status().as_u16() == 403
+}
+
 /// S3's limit on the parts of one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -878,6 +946,12 @@ fn part_size_for(size: u64, configured: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
     let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     configured.max(needed)
+}
+
+fn changed_while_sent(url: &str) -> String {
+    format!(
+        "the local artifact changed while it was sent to {url}: run `cutterctl verify`; this copy is not confirmed"
+    )
 }
 
 fn check_whole(whole: Sha256, want: &str, outcome: &str) -> Result<(), String> {
@@ -892,90 +966,156 @@ fn check_whole(whole: Sha256, want: &str, outcome: &str) -> Result<(), String> {
 }
 
 /// The open local artifact an upload reads: hashed range by range through
-/// a small buffer, and re-opened through `/proc/self/fd` for each request
-/// body, which is the same inode however the directory changes meanwhile.
+/// a small buffer, then sent as a [`RangeBody`] that reads the same open
+/// file (never a path, so nothing in the directory can change which file
+/// is sent) and hashes what it sends, for [`Source::sent_matches`].
 struct Source {
-    file: std::sync::Arc<std::fs::File>,
-    path: PathBuf,
+    file: Arc<std::fs::File>,
+    /// The sha256 of the last complete pass of each range's body, by offset.
+    sent: Arc<Mutex<BTreeMap<u64, [u8; 32]>>>,
 }
 
 /// The read buffer for hashing a range, and for sending it.
 const HASH_BUF: usize = 256 * 1024;
 
 impl Source {
-    fn new(file: std::fs::File) -> Result<Self, String> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::MetadataExt;
-        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let (a, b) = (
-            file.metadata()
-                .map_err(|e| format!("stat the local artifact: {e}"))?,
-            std::fs::metadata(&path)
-                .map_err(|e| format!("{}: {e} (uploads need /proc mounted)", path.display()))?,
-        );
-        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-            return Err(format!(
-                "{} is not the open artifact (uploads need this process's /proc)",
-                path.display()
-            ));
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file: Arc::new(file),
+            sent: Arc::default(),
         }
-        Ok(Self {
-            file: std::sync::Arc::new(file),
-            path,
-        })
     }
 
     /// The sha256 of `len` bytes at `offset`, also fed to `whole`.
-    async fn hash(
-        &self,
-        offset: u64,
-        len: u64,
-        whole: Option<&mut Sha256>,
-    ) -> Result<[u8; 32], String> {
-        let file = std::sync::Arc::clone(&self.file);
-        let carried = whole.as_ref().map(|w| (*w).clone());
+    async fn hash(&self, offset: u64, len: u64, whole: &mut Sha256) -> Result<[u8; 32], String> {
+        let file = Arc::clone(&self.file);
+        let carried = whole.clone();
         let (digest, carried) = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
             let mut part = Sha256::new();
             let mut carried = carried;
             let mut buf = vec![0u8; HASH_BUF];
             let (mut at, end) = (offset, offset + len);
             while at < end {
-                let want = usize::try_from((end - at).min(HASH_BUF as u64)).unwrap_or(HASH_BUF);
-                let n = file
-                    .read_at(&mut buf[..want], at)
-                    .map_err(|e| format!("reading the local artifact: {e}"))?;
-                if n == 0 {
-                    return Err(format!(
-                        "the local artifact ended at byte {at}, its manifest says {end} or more: run `cutterctl verify`; the upload was aborted"
-                    ));
-                }
+                let n = read_at(&file, &mut buf, at, end)?;
                 part.update(&buf[..n]);
-                if let Some(w) = carried.as_mut() {
-                    w.update(&buf[..n]);
-                }
+                carried.update(&buf[..n]);
                 at += n as u64;
             }
             Ok::<_, String>((<[u8; 32]>::from(part.finalize()), carried))
         })
         .await
         .map_err(|e| format!("hashing the local artifact: {e}"))??;
-        if let (Some(w), Some(c)) = (whole, carried) {
-            *w = c;
-        }
+        *whole = carried;
         Ok(digest)
     }
 
     /// A retryable request body: `len` bytes at `offset`.
-    async fn body(&self, offset: u64, len: u64) -> Result<ByteStream, String> {
-        ByteStream::read_from()
-            .path(&self.path)
-            .offset(offset)
-            .length(Length::Exact(len))
-            .buffer_size(HASH_BUF)
-            .build()
-            .await
-            .map_err(|e| format!("reading the local artifact: {e}"))
+    fn body(&self, offset: u64, len: u64) -> ByteStream {
+        let (file, sent) = (Arc::clone(&self.file), Arc::clone(&self.sent));
+        ByteStream::new(SdkBody::retryable(move || {
+            SdkBody::from_body_1_x(RangeBody {
+                file: Arc::clone(&file),
+                start: offset,
+                at: offset,
+                end: offset + len,
+                hash: Sha256::new(),
+                sent: Arc::clone(&sent),
+                reading: None,
+            })
+        }))
+    }
+
+    /// True when the last body sent for the range at `offset` hashed to
+    /// `digest`: the bytes on the wire were the bytes hashed, whether or
+    /// not the service checks `x-amz-checksum-sha256`.
+    fn sent_matches(&self, offset: u64, digest: &[u8; 32]) -> bool {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&offset)
+            == Some(digest)
+    }
+}
+
+/// Reads into `buf` at `at`, at most up to `end`; a short file is an error.
+fn read_at(file: &std::fs::File, buf: &mut [u8], at: u64, end: u64) -> Result<usize, String> {
+    use std::os::unix::fs::FileExt;
+    let want = usize::try_from((end - at).min(buf.len() as u64)).unwrap_or(buf.len());
+    let n = file
+        .read_at(&mut buf[..want], at)
+        .map_err(|e| format!("reading the local artifact: {e}"))?;
+    if n == 0 {
+        return Err(format!(
+            "the local artifact ended at byte {at}, its manifest says {end} or more: run `cutterctl verify`; the upload was aborted"
+        ));
+    }
+    Ok(n)
+}
+
+/// One request's body: a byte range of the open artifact, read in
+/// [`HASH_BUF`] chunks on the blocking pool. Each (re)try is a fresh body.
+struct RangeBody {
+    file: Arc<std::fs::File>,
+    start: u64,
+    at: u64,
+    end: u64,
+    hash: Sha256,
+    sent: Arc<Mutex<BTreeMap<u64, [u8; 32]>>>,
+    reading: Option<tokio::task::JoinHandle<Result<Vec<u8>, String>>>,
+}
+
+impl http_body::Body for RangeBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(reading) = this.reading.as_mut() {
+                let done = match std::pin::Pin::new(reading).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                };
+                this.reading = None;
+                let buf = match done {
+                    Ok(Ok(buf)) => buf,
+                    Ok(Err(e)) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+                    Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+                };
+                this.at += buf.len() as u64;
+                this.hash.update(&buf);
+                if this.at == this.end {
+                    let digest = <[u8; 32]>::from(this.hash.clone().finalize());
+                    this.sent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(this.start, digest);
+                }
+                return Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from(buf)))));
+            }
+            if this.at >= this.end {
+                return Poll::Ready(None);
+            }
+            let (file, at, end) = (Arc::clone(&this.file), this.at, this.end);
+            this.reading = Some(tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; HASH_BUF];
+                let n = read_at(&file, &mut buf, at, end)?;
+                buf.truncate(n);
+                Ok(buf)
+            }));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.at >= self.end && self.reading.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.end - self.at)
     }
 }
 

@@ -192,7 +192,7 @@ fn fetch_offsite(
     let host = r.host.clone().unwrap_or_else(|| o.host.clone());
     cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
     let fetched = tokio::runtime::Handle::current()
-        .block_on(o.fetch(&host, id, &trust.signers))
+        .block_on(o.fetch(&host, id, &trust.signers, trust.expect_sha256.as_deref()))
         .map_err(|why| {
             anyhow::anyhow!(
                 "offsite verify FAILED for {id} (host {host}): {why}; nothing was restored"
@@ -218,9 +218,8 @@ fn fetch_offsite(
         fetched.manifest.size_bytes,
         fetched.manifest.sha256
     );
-    let warning = fetched.warning();
-    if !warning.is_empty() {
-        eprintln!("WARNING: {warning}");
+    for w in &fetched.warnings {
+        eprintln!("WARNING: {w}");
     }
     Ok((fetched.manifest, fetched.file))
 }
