@@ -1,7 +1,10 @@
 //! The async mode's upload queue against a real SeaweedFS: a run that is
 //! still waiting for its offsite copy is the only copy there is, so prune
-//! must leave it, say why, and take it only once the upload is confirmed.
+//! must leave it, say why, and take it only once the upload is confirmed;
+//! a queue directory others could write is refused, and prune then
+//! deletes nothing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -105,4 +108,40 @@ fn prune_leaves_a_run_whose_upload_is_queued_until_the_copy_is_confirmed() {
     for name in ["old.sql.gpg", "old.manifest.json", "old.manifest.json.sig"] {
         assert!(keys.contains(&s.key(name)), "{name} missing in {keys:?}");
     }
+}
+
+#[test]
+fn a_queue_directory_others_can_write_is_refused_and_prune_then_deletes_nothing() {
+    let mut s = Setup::new("keep_last = 1\nkeep_days = 0");
+    s.weed.stop();
+    let daemon = s.start();
+    daemon.backup("old");
+    daemon.backup("new");
+    drop(daemon);
+    // A group member could now plant or remove entries: which runs still
+    // wait for their upload can no longer be told.
+    let queue = s.world.work.path().join("offsite-queue");
+    std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o770)).expect("chmod");
+    let daemon = s.start();
+
+    let t = text(&daemon.ctl(&["selftest"]));
+    let line = t
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("offsite"))
+        .unwrap_or_else(|| panic!("no offsite check:\n{t}"));
+    assert!(
+        line.contains("FAIL")
+            && line.contains("group-writable")
+            && line.contains(&format!("chmod 0700 {}", queue.display())),
+        "{line}"
+    );
+    let out = daemon.ctl(&["prune", "--confirm"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let old = line_of(&t, "old");
+    assert!(
+        old.starts_with("LEAVE") && old.contains("offsite upload queue cannot be read"),
+        "{t}"
+    );
+    assert!(s.world.backups.join("old.sql.gpg").exists(), "{t}");
 }

@@ -588,15 +588,8 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             ),
         );
     }
-    if mode & 0o020 != 0 {
-        return fail(
-            report,
-            format!(
-                "{} is group-writable (mode {mode:04o}): a group member could plant files; run `chmod 0700 {}`",
-                dir.display(),
-                dir.display()
-            ),
-        );
+    if let Err(why) = crate::store::at::only_daemon_writes(dir, meta.uid(), meta.mode()) {
+        return fail(report, why);
     }
     if let Err(e) = tempfile::Builder::new()
         .prefix(PROBE_PREFIX)
@@ -606,18 +599,6 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             report,
             format!(
                 "{} is not writable by the daemon ({e}): fix its owner/permissions or mount",
-                dir.display()
-            ),
-        );
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return fail(
-            report,
-            format!(
-                "{} is owned by uid {}, the daemon runs as uid {me}: run `chown {me} {}` (the tmpfiles.d entry does this)",
-                dir.display(),
-                meta.uid(),
                 dir.display()
             ),
         );
