@@ -916,7 +916,15 @@ fn offsite_commands_trust_no_ca_from_the_environment_so_a_mitm_sees_nothing() {
         (
             "SSL_CERT_FILE",
             &attacker.cert,
-            vec!["verify", "--offsite", "r1", "--config", &config, "--signer", &pinned],
+            vec![
+                "verify",
+                "--offsite",
+                "r1",
+                "--config",
+                &config,
+                "--signer",
+                &pinned,
+            ],
         ),
         (
             "SSL_CERT_DIR",

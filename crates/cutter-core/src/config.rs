@@ -822,7 +822,11 @@ mod tests {
                  [offsite]\nurl = \"s3://bucket/p\"\ncredentials_file = \"/etc/cutter/s3\"\nendpoint = {endpoint:?}\n"
             ))
         };
-        for ok in ["https://s3.example:9000", "http://127.0.0.1:8333/", "https://h/p@th"] {
+        for ok in [
+            "https://s3.example:9000",
+            "http://127.0.0.1:8333/",
+            "https://h/p@th",
+        ] {
             assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
         }
         for bad in [

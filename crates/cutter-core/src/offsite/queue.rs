@@ -345,7 +345,10 @@ mod tests {
         }
         // Queuing over a planted link replaces the link, never its target.
         q.push(&RunId::parse("linked").expect("id")).expect("push");
-        assert_eq!(std::fs::read(&outside).expect("outside"), entry("linked", 1));
+        assert_eq!(
+            std::fs::read(&outside).expect("outside"),
+            entry("linked", 1)
+        );
         assert_eq!(q.list().len(), 2);
     }
 
@@ -362,11 +365,8 @@ mod tests {
         padded("over-cap", MAX_ENTRY_BYTES + 1);
         let listed: Vec<String> = q.list().into_iter().map(|p| p.run_id).collect();
         assert_eq!(listed, ["at-cap"]);
-        let e = read_entry(
-            at::open_dir(q.dir()).expect("dir"),
-            "over-cap",
-        )
-        .expect_err("over the cap");
+        let e =
+            read_entry(at::open_dir(q.dir()).expect("dir"), "over-cap").expect_err("over the cap");
         assert!(e.contains("65537 bytes") && e.contains("not read"), "{e}");
     }
 

@@ -157,7 +157,10 @@ mod tests {
         for (owner, mode, says) in refused {
             let e = only_daemon_writes(dir, owner, mode).expect_err("refused");
             assert!(e.contains(says) && e.contains("/var/lib/cutter/q"), "{e}");
-            assert!(e.contains("run `chmod 0700") || e.contains("run `chown"), "{e}");
+            assert!(
+                e.contains("run `chmod 0700") || e.contains("run `chown"),
+                "{e}"
+            );
         }
     }
 }
