@@ -588,9 +588,6 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             ),
         );
     }
-    if let Err(why) = crate::store::at::only_daemon_writes(dir, meta.uid(), meta.mode()) {
-        return fail(report, why);
-    }
     if let Err(e) = tempfile::Builder::new()
         .prefix(PROBE_PREFIX)
         .tempfile_in(dir)
@@ -602,6 +599,11 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
                 dir.display()
             ),
         );
+    }
+    // After the probe: a directory the daemon cannot write at all is
+    // named as such first, whoever owns it.
+    if let Err(why) = crate::store::at::only_daemon_writes(dir, meta.uid(), meta.mode()) {
+        return fail(report, why);
     }
     let free = match free_bytes(dir) {
         Ok(f) => f,
