@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use cutter_backup::v1::PreWriteBackupRequest;
 
 use crate::harness::proc::workspace_bin;
+use crate::harness::tls::{Ca, Mitm};
 use crate::harness::{Daemon, Grants, KeyKind, World, text};
 
 fn backup(daemon: &Daemon, run_id: &str) {
@@ -864,4 +865,96 @@ fn list_escapes_control_characters() {
         text(&out)
     );
     assert!(text(&out).contains("esc"), "{}", text(&out));
+}
+
+#[test]
+fn offsite_commands_trust_no_ca_from_the_environment_so_a_mitm_sees_nothing() {
+    let work = tempfile::Builder::new()
+        .prefix("cutter-mitm-")
+        .tempdir()
+        .expect("tempdir");
+    let w = work.path();
+    let attacker = Ca::new(&w.join("attacker"), "not-your-ca");
+    let mitm = Mitm::start(&attacker);
+    // What an operator's workstation holds to reach the bucket: the config,
+    // the credentials, the pinned signer.
+    let creds = w.join("s3-credentials");
+    std::fs::write(
+        &creds,
+        "aws_access_key_id = AKIAOPERATOR\naws_secret_access_key = for-the-bucket-only-Zx9\n",
+    )
+    .expect("credentials");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::create_dir(w.join("signer")).expect("mkdir signer");
+    let signer = cutter_core::signer::Signer::load_or_create(
+        &w.join("signer").join("key.asc"),
+        &w.join("backups"),
+    )
+    .expect("signer");
+    let pinned = w.join("signer.asc");
+    std::fs::write(&pinned, signer.public_armored().expect("armor")).expect("pin");
+    let config = w.join("backupd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"postgres://u@h/db\"\n[backup]\ndir = {:?}\ntables = [\"s.t\"]\n\
+             [offsite]\nurl = \"s3://bucket/p\"\nendpoint = \"https://127.0.0.1:{}\"\npath_style = true\n\
+             credentials_file = {:?}\nhost = \"h\"\nrequest_timeout_secs = 5\nmax_attempts = 1\n",
+            w.join("backups").display().to_string(),
+            mitm.port,
+            creds.display().to_string()
+        ),
+    )
+    .expect("config");
+    let ca_dir = w.join("attacker-cas");
+    std::fs::create_dir(&ca_dir).expect("mkdir");
+    std::fs::copy(&attacker.cert, ca_dir.join("ca.pem")).expect("copy ca");
+
+    // Whoever set the operator's environment trusts only their own CA.
+    let (config, pinned) = (config.display().to_string(), pinned.display().to_string());
+    let cases: [(&str, &Path, Vec<&str>); 2] = [
+        (
+            "SSL_CERT_FILE",
+            &attacker.cert,
+            vec![
+                "verify",
+                "--offsite",
+                "r1",
+                "--config",
+                &config,
+                "--signer",
+                &pinned,
+            ],
+        ),
+        (
+            "SSL_CERT_DIR",
+            &ca_dir,
+            vec!["list", "--offsite", "--config", &config],
+        ),
+    ];
+    for (var, value, args) in cases {
+        let out = Command::new(workspace_bin("cutterctl"))
+            .args(&args)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cutterctl");
+        let t = text(&out);
+        assert!(
+            !mitm.received().contains("HTTP/1.1"),
+            "{var}: a request reached the man in the middle:\n{}",
+            mitm.received()
+        );
+        assert_eq!(out.status.code(), Some(1), "{var}: {t}");
+        assert!(t.contains("UnknownIssuer"), "{var}: {t}");
+        assert!(t.contains(&format!("ignoring {var}:")), "{var}: {t}");
+    }
+    // Both reached it, and refused its certificate during the handshake.
+    assert!(
+        mitm.log().matches("alert unknown ca").count() >= 2,
+        "{}",
+        mitm.log()
+    );
 }

@@ -11,6 +11,7 @@ mod format;
 mod lifecycle;
 mod observability;
 mod offsite;
+mod offsite_queue;
 mod operations;
 mod python_client;
 mod requests;

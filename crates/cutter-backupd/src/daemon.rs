@@ -453,7 +453,8 @@ impl Daemon {
                 .as_ref()
                 .map_or(300, |c| c.retry_max_secs);
             for p in queue.list() {
-                if p.next_at > cutter_core::offsite::queue::now() || self.is_stopping() {
+                let now = cutter_core::offsite::queue::now();
+                if !p.due(now, max_backoff) || self.is_stopping() {
                     continue;
                 }
                 let Ok(id) = RunId::parse(&p.run_id) else {

@@ -1,6 +1,7 @@
 //! The operator RPCs' work (list, verify, prune, pin), done on blocking
 //! threads because it reads and hashes whole artifacts.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use tonic::Status;
@@ -10,6 +11,7 @@ use cutter_backup::v1::{
     VerifyResult,
 };
 use cutter_core::manifest::Manifest;
+use cutter_core::offsite::Queue;
 use cutter_core::retention::{self, Action, Policy};
 use cutter_core::runid::RunId;
 use cutter_core::setup::Setup;
@@ -199,21 +201,24 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
     let mut decisions = retention::plan(&setup.store, &trust, policy, SystemTime::now())
         .map_err(Status::internal)?;
     // A run whose offsite copy is still queued may be the only copy there
-    // will ever be: it stays until the upload is confirmed.
-    if let Some(Ok(o)) = setup.offsite.as_ref()
-        && let Some(queue) = o.queue.as_ref()
-    {
-        let pending: std::collections::HashSet<String> =
-            queue.list().into_iter().map(|p| p.run_id).collect();
-        for d in decisions
-            .iter_mut()
-            .filter(|d| d.action == Action::Delete && pending.contains(d.run_id.as_str()))
-        {
-            d.action = Action::Leave;
-            d.reason =
-                "its offsite upload is still pending: kept until the remote copy is confirmed"
-                    .into();
+    // will ever be: it stays until the upload is confirmed. When the queue
+    // cannot be read, no run is known not to be queued: none is deleted.
+    let queued = queued_uploads(setup);
+    for d in decisions.iter_mut().filter(|d| d.action == Action::Delete) {
+        match &queued {
+            Ok(pending) if !pending.contains(d.run_id.as_str()) => continue,
+            Ok(_) => {
+                d.reason =
+                    "its offsite upload is still pending: kept until the remote copy is confirmed"
+                        .into();
+            }
+            Err(why) => {
+                d.reason = format!(
+                    "the offsite upload queue cannot be read ({why}): nothing is deleted until it can"
+                );
+            }
         }
+        d.action = Action::Leave;
     }
     if confirm {
         retention::apply(&setup.store, &decisions).map_err(Status::internal)?;
@@ -246,6 +251,25 @@ pub fn prune(setup: &Setup, confirm: bool) -> Result<PruneReply, Status> {
         keep_last: u32::try_from(policy.keep_last).unwrap_or(u32::MAX),
         keep_days: policy.keep_days,
     })
+}
+
+/// The runs waiting in the offsite upload queue (none without `[offsite]`).
+/// When the offsite client could not be set up, the queue is opened on its
+/// own; an error when that is refused too.
+fn queued_uploads(setup: &Setup) -> Result<HashSet<String>, String> {
+    let Some(cfg) = setup.config.offsite.as_ref() else {
+        return Ok(HashSet::new());
+    };
+    let opened = setup
+        .offsite
+        .as_ref()
+        .and_then(|o| o.as_ref().ok())
+        .and_then(|o| o.queue.clone());
+    let queue = match opened {
+        Some(q) => q,
+        None => Queue::open(&cfg.queue_dir)?,
+    };
+    Ok(queue.list().into_iter().map(|p| p.run_id).collect())
 }
 
 /// Pins or unpins a run.

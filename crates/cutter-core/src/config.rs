@@ -215,12 +215,19 @@ pub fn check_host(host: &str) -> std::result::Result<(), String> {
 impl OffsiteConfig {
     fn validate(&self, backup_dir: &Path) -> std::result::Result<(), String> {
         S3Url::parse(&self.url)?;
-        if let Some(e) = &self.endpoint
-            && !(e.starts_with("https://") || e.starts_with("http://"))
-        {
-            return Err(format!(
-                "offsite.endpoint {e:?} must be an http:// or https:// URL"
-            ));
+        if let Some(e) = &self.endpoint {
+            // Checked first: the messages below quote the endpoint.
+            if has_userinfo(e) {
+                return Err(
+                    "offsite.endpoint carries credentials (user:password@host): remove them and put the key in offsite.credentials_file"
+                        .into(),
+                );
+            }
+            if !(e.starts_with("https://") || e.starts_with("http://")) {
+                return Err(format!(
+                    "offsite.endpoint {e:?} must be an http:// or https:// URL"
+                ));
+            }
         }
         if let Some(h) = &self.host {
             check_host(h)?;
@@ -690,6 +697,15 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// True when a URL's authority carries userinfo (`user@`, `user:secret@`),
+/// with or without a scheme.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 /// True when a `scheme://user:secret@host` URL carries a password.
 fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -796,6 +812,33 @@ mod tests {
         }
         assert!(check_host("db-1.example").is_ok());
         assert!(check_host("../x").is_err());
+    }
+
+    #[test]
+    fn an_endpoint_with_credentials_is_refused_without_echoing_them() {
+        let load = |endpoint: &str| {
+            Config::from_toml(&format!(
+                "[database]\nurl = \"postgres://u@h/db\"\n[backup]\ntables = [\"s.t\"]\n\
+                 [offsite]\nurl = \"s3://bucket/p\"\ncredentials_file = \"/etc/cutter/s3\"\nendpoint = {endpoint:?}\n"
+            ))
+        };
+        for ok in [
+            "https://s3.example:9000",
+            "http://127.0.0.1:8333/",
+            "https://h/p@th",
+        ] {
+            assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
+        }
+        for bad in [
+            "https://AKIAUSER:s3cr3t-Pa55@s3.example",
+            "http://AKIAUSER@s3.example:9000/",
+            "AKIAUSER:s3cr3t-Pa55@s3.example",
+            "ftp://AKIAUSER:s3cr3t-Pa55@s3.example",
+        ] {
+            let e = load(bad).expect_err(bad);
+            assert!(e.contains("offsite.credentials_file"), "{e}");
+            assert!(!e.contains("s3cr3t") && !e.contains("AKIAUSER"), "{e}");
+        }
     }
 
     #[test]

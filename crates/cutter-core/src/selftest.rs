@@ -588,16 +588,6 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             ),
         );
     }
-    if mode & 0o020 != 0 {
-        return fail(
-            report,
-            format!(
-                "{} is group-writable (mode {mode:04o}): a group member could plant files; run `chmod 0700 {}`",
-                dir.display(),
-                dir.display()
-            ),
-        );
-    }
     if let Err(e) = tempfile::Builder::new()
         .prefix(PROBE_PREFIX)
         .tempfile_in(dir)
@@ -610,17 +600,10 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
             ),
         );
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return fail(
-            report,
-            format!(
-                "{} is owned by uid {}, the daemon runs as uid {me}: run `chown {me} {}` (the tmpfiles.d entry does this)",
-                dir.display(),
-                meta.uid(),
-                dir.display()
-            ),
-        );
+    // After the probe: a directory the daemon cannot write at all is
+    // named as such first, whoever owns it.
+    if let Err(why) = crate::store::at::only_daemon_writes(dir, meta.uid(), meta.mode()) {
+        return fail(report, why);
     }
     let free = match free_bytes(dir) {
         Ok(f) => f,

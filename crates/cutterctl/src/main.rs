@@ -9,6 +9,7 @@ mod output;
 mod progress;
 mod prompt;
 mod restore;
+mod tls_trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,6 +191,11 @@ async fn without_daemon(command: &Command, json: bool) -> Option<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Before anything reads the environment or builds a TLS client.
+    if let Err(e) = tls_trust::drop_overrides() {
+        eprintln!("cutterctl: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -22,6 +22,7 @@ pub fn client(config: &Config) -> anyhow::Result<Offsite> {
         .offsite
         .as_ref()
         .context("the config has no [offsite] section: add it (see docs/offsite.md)")?;
+    crate::tls_trust::note_dropped();
     Offsite::client_only(cfg).map_err(anyhow::Error::msg)
 }
 

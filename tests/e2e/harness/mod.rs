@@ -8,6 +8,7 @@ pub mod gpg;
 pub mod pg;
 pub mod proc;
 pub mod s3;
+pub mod tls;
 
 pub use daemon::{Daemon, DaemonConfig};
 pub use gpg::{Gpg, KeyKind};

@@ -6,7 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::proc::{postgres_ids, require, run};
+use super::proc::{postgres_ids, run};
+use super::tls::Ca;
 
 /// The schema in scope.
 pub const SCHEMA: &str = "cutter_governance";
@@ -136,83 +137,14 @@ impl Cluster {
     /// TCP only with a client certificate (`hostssl … cert`, no plain TCP):
     /// a client that drops `sslcert`/`sslkey` or TLS cannot connect.
     pub fn require_client_certs(&self) -> Tls {
-        require("openssl");
         let dir = self.dir.path().join("tls");
-        std::fs::create_dir_all(&dir).expect("mkdir tls");
-        let ossl = |args: &[&str]| {
-            run(Command::new("openssl").current_dir(&dir).args(args));
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        ossl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &[
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=cutter-test-ca",
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                ],
-            ]
-            .concat(),
+        let ca = Ca::new(&dir, "cutter-test-ca");
+        ca.issue(
+            "server",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
         );
-        for (name, cn, san) in [
-            (
-                "server",
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ),
-            ("client", ROLE, "keyUsage=digitalSignature"),
-        ] {
-            let ext = format!("{name}.ext");
-            std::fs::write(dir.join(&ext), format!("{san}\n")).expect("ext");
-            ossl(
-                &[
-                    &["req"][..],
-                    &ec,
-                    &[
-                        "-subj",
-                        &format!("/CN={cn}"),
-                        "-keyout",
-                        &format!("{name}.key"),
-                        "-out",
-                        &format!("{name}.csr"),
-                    ],
-                ]
-                .concat(),
-            );
-            ossl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &format!("{name}.crt"),
-            ]);
-        }
-        for key in ["server.key", "client.key", "ca.key"] {
-            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
-                .expect("chmod key");
-        }
+        let (cert, key) = ca.issue("client", ROLE, "keyUsage=digitalSignature");
         if let Some((uid, gid)) = postgres_ids() {
             for f in ["server.key", "server.crt", "ca.crt"] {
                 std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid)).expect("chown");
@@ -235,9 +167,9 @@ impl Cluster {
         self.psql("postgres", "ALTER SYSTEM SET ssl = on");
         self.psql("postgres", "SELECT pg_reload_conf()");
         Tls {
-            ca: dir.join("ca.crt"),
-            cert: dir.join("client.crt"),
-            key: dir.join("client.key"),
+            ca: ca.cert,
+            cert,
+            key,
         }
     }
 

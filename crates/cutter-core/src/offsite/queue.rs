@@ -2,15 +2,38 @@
 //! `offsite.queue_dir` (0700), written to a temp name, fsynced and renamed,
 //! so a queued upload survives a crash or restart. A file's name is its
 //! run_id (validated); anything else in the directory is ignored.
+//!
+//! What the directory holds decides what prune keeps and what the lag check
+//! sees, so it is read like the backups directory: it must be writable by
+//! the daemon's uid only (refused at open, naming the fix); entries are
+//! opened through the directory's fd, never through a link, only as regular
+//! files of at most [`MAX_ENTRY_BYTES`] (anything else is ignored with one
+//! warning); and a time no entry of ours can carry is not believed: a
+//! queue date in the future counts from the file's last change, which
+//! nobody can set ahead of the clock, and a retry later than any backoff
+//! is due at once (see [`Pending::due`]).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::runid::RunId;
+use crate::store::at;
+
+/// The largest entry read: ours are a few hundred bytes, a few KiB with
+/// the longest error kept.
+pub const MAX_ENTRY_BYTES: u64 = 64 * 1024;
+/// How far ahead of the clock an entry's queue date may lie (clock steps).
+pub const MAX_AHEAD_SECS: u64 = 60;
+/// Names warned about at most, so a directory full of junk cannot grow
+/// memory; past it, junk is ignored silently.
+const MAX_WARNED: usize = 1024;
 
 /// One pending upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +48,31 @@ pub struct Pending {
     pub last_error: String,
     /// Not before this time (unix seconds): the backoff.
     pub next_at: u64,
+}
+
+impl Pending {
+    /// Whether an attempt is due at `now` under a backoff of at most
+    /// `max_backoff` seconds. A `next_at` beyond any such backoff was not
+    /// written by [`Queue::failed`]: it is due, so a planted date cannot
+    /// postpone the upload.
+    pub fn due(&self, now: u64, max_backoff: u64) -> bool {
+        let latest = now
+            .saturating_add(max_backoff.max(1))
+            .saturating_add(MAX_AHEAD_SECS);
+        self.next_at <= now || self.next_at > latest
+    }
+}
+
+/// `p` as far as it can be believed at `now`: a queue date after `now` +
+/// [`MAX_AHEAD_SECS`] is replaced by `changed` (the file's last status
+/// change, at most `now`), so the entry ages and the lag check sees it.
+/// True when the date was replaced.
+fn believable(mut p: Pending, now: u64, changed: u64) -> (Pending, bool) {
+    if p.enqueued_at <= now.saturating_add(MAX_AHEAD_SECS) {
+        return (p, false);
+    }
+    p.enqueued_at = changed.min(now);
+    (p, true)
 }
 
 /// Seconds since the epoch.
@@ -46,23 +94,31 @@ pub fn backoff(attempts: u32, max: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Queue {
     dir: PathBuf,
+    /// Names already warned about: one warning per name, not one a second.
+    warned: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Queue {
-    /// Opens (creating, mode 0700) the queue directory.
+    /// Opens (creating, mode 0700) the queue directory; refuses one that
+    /// anyone but the daemon's uid can write.
     pub fn open(dir: &Path) -> Result<Self, String> {
+        let cannot = |e: std::io::Error| {
+            format!(
+                "offsite.queue_dir {}: {e} (the daemon must be able to create and write it)",
+                dir.display()
+            )
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| {
-                format!(
-                    "offsite.queue_dir {}: {e} (the daemon must be able to create and write it)",
-                    dir.display()
-                )
-            })?;
+            .map_err(cannot)?;
+        let meta = std::fs::metadata(dir).map_err(cannot)?;
+        at::only_daemon_writes(dir, meta.uid(), meta.mode())
+            .map_err(|why| format!("offsite.queue_dir {why}"))?;
         Ok(Self {
             dir: dir.to_owned(),
+            warned: Arc::default(),
         })
     }
 
@@ -71,25 +127,22 @@ impl Queue {
         &self.dir
     }
 
+    fn io(&self, e: std::io::Error) -> String {
+        format!("offsite queue {}: {e}", self.dir.display())
+    }
+
     pub(crate) fn write(&self, p: &Pending) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("offsite queue {}: {e}", self.dir.display());
-        let tmp = self.dir.join(format!(".{}.tmp", p.run_id));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&tmp)
-            .map_err(io)?;
+        let id = RunId::parse(&p.run_id).map_err(|e| e.to_string())?;
         let bytes = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        let dir = at::open_dir(&self.dir).map_err(|e| self.io(e))?;
+        let tmp = format!(".{id}.tmp");
+        at::remove(&dir, &tmp).map_err(|e| self.io(e))?;
+        let mut f = at::create_new(&dir, &tmp).map_err(|e| self.io(e))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, self.dir.join(&p.run_id)).map_err(io)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+            .map_err(|e| self.io(e))?;
+        at::rename(&dir, &tmp, id.as_str()).map_err(|e| self.io(e))?;
+        at::sync(&dir).map_err(|e| self.io(e))
     }
 
     /// Queues `id` (kept as it is when already queued).
@@ -109,27 +162,64 @@ impl Queue {
 
     /// The entry for `id`, if queued.
     pub fn get(&self, id: &RunId) -> Option<Pending> {
-        let bytes = std::fs::read(self.dir.join(id.as_str())).ok()?;
-        serde_json::from_slice::<Pending>(&bytes)
-            .ok()
-            .filter(|p| p.run_id == id.as_str())
+        let dir = at::open_dir(&self.dir).ok()?;
+        self.read(&dir, id, now())
     }
 
     /// Every pending upload, oldest first.
     pub fn list(&self) -> Vec<Pending> {
-        let mut out: Vec<Pending> = std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        let name = e.file_name();
-                        let id = RunId::parse(name.to_str()?).ok()?;
-                        self.get(&id)
-                    })
-                    .collect()
+        let (Ok(dir), Ok(names)) = (at::open_dir(&self.dir), std::fs::read_dir(&self.dir)) else {
+            return Vec::new();
+        };
+        let t = now();
+        let mut out: Vec<Pending> = names
+            .flatten()
+            .filter_map(|e| {
+                let id = RunId::parse(e.file_name().to_str()?).ok()?;
+                self.read(&dir, &id, t)
             })
-            .unwrap_or_default();
+            .collect();
         out.sort_by(|a, b| (a.enqueued_at, &a.run_id).cmp(&(b.enqueued_at, &b.run_id)));
         out
+    }
+
+    /// The entry named `id` as far as it can be believed at `now`; what
+    /// cannot be an entry of ours is ignored, with one warning.
+    fn read(&self, dir: impl AsFd, id: &RunId, now: u64) -> Option<Pending> {
+        let name = id.as_str();
+        let (bytes, changed) = match read_entry(dir, name) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(why) => {
+                self.warn_once(name, &format!("offsite queue entry {name} ignored: {why}"));
+                return None;
+            }
+        };
+        let Some(p) = serde_json::from_slice::<Pending>(&bytes)
+            .ok()
+            .filter(|p| p.run_id == name)
+        else {
+            self.warn_once(
+                name,
+                &format!("offsite queue entry {name} ignored: not a queue entry for this run"),
+            );
+            return None;
+        };
+        let (p, redated) = believable(p, now, changed);
+        if redated {
+            self.warn_once(
+                name,
+                &format!("offsite queue entry {name} is dated in the future: its wait counts from the file's last change"),
+            );
+        }
+        Some(p)
+    }
+
+    fn warn_once(&self, name: &str, message: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.len() < MAX_WARNED && warned.insert(name.to_owned()) {
+            tracing::warn!(queue_dir = %self.dir.display(), run_id = name, "{message}");
+        }
     }
 
     /// Records a failed attempt and schedules the next one.
@@ -145,12 +235,37 @@ impl Queue {
 
     /// Removes `id` once its upload is confirmed.
     pub fn done(&self, id: &RunId) -> Result<(), String> {
-        match std::fs::remove_file(self.dir.join(id.as_str())) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("offsite queue {}: {e}", self.dir.display())),
-        }
+        let dir = at::open_dir(&self.dir).map_err(|e| self.io(e))?;
+        at::remove(&dir, id.as_str())
+            .map(|_| ())
+            .map_err(|e| self.io(e))
     }
+}
+
+/// The bytes of the entry `name` and when its inode last changed (unix
+/// seconds); `None` when there is none. Not a regular file, a link, or
+/// larger than [`MAX_ENTRY_BYTES`]: an error, and nothing is read.
+fn read_entry(dir: impl AsFd, name: &str) -> Result<Option<(Vec<u8>, u64)>, String> {
+    let f = match at::open_regular(dir, name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    let too_big = |size: u64| {
+        format!("{size} bytes, larger than an entry can be ({MAX_ENTRY_BYTES}); not read")
+    };
+    if meta.len() > MAX_ENTRY_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_ENTRY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some((bytes, u64::try_from(meta.ctime()).unwrap_or(0))))
 }
 
 #[cfg(test)]
@@ -185,5 +300,140 @@ mod tests {
         );
         q2.done(&a).expect("done");
         assert!(q2.list().is_empty());
+    }
+
+    fn queue() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(&dir.path().join("q")).expect("open");
+        (dir, q)
+    }
+
+    fn entry(run_id: &str, enqueued_at: u64) -> Vec<u8> {
+        serde_json::to_vec(&Pending {
+            run_id: run_id.into(),
+            enqueued_at,
+            attempts: 0,
+            last_error: String::new(),
+            next_at: enqueued_at,
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn links_fifos_and_directories_are_not_entries() {
+        let (d, q) = queue();
+        let real = RunId::parse("real").expect("id");
+        q.push(&real).expect("push");
+        // A genuine-looking entry elsewhere, reached through a link.
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, entry("linked", 1)).expect("outside");
+        std::os::unix::fs::symlink(&outside, q.dir().join("linked")).expect("symlink");
+        // A FIFO would block a reader that opened it blocking.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            q.dir().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        std::fs::create_dir(q.dir().join("dir")).expect("mkdir");
+        let listed: Vec<String> = q.list().into_iter().map(|p| p.run_id).collect();
+        assert_eq!(listed, ["real"]);
+        for name in ["linked", "fifo", "dir"] {
+            assert!(q.get(&RunId::parse(name).expect("id")).is_none(), "{name}");
+        }
+        // Queuing over a planted link replaces the link, never its target.
+        q.push(&RunId::parse("linked").expect("id")).expect("push");
+        assert_eq!(
+            std::fs::read(&outside).expect("outside"),
+            entry("linked", 1)
+        );
+        assert_eq!(q.list().len(), 2);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_cap_is_ignored() {
+        let (_d, q) = queue();
+        let padded = |run_id: &str, size: u64| {
+            let mut bytes = entry(run_id, now());
+            let len = usize::try_from(size).expect("size");
+            bytes.resize(len, b' ');
+            std::fs::write(q.dir().join(run_id), bytes).expect("write");
+        };
+        padded("at-cap", MAX_ENTRY_BYTES);
+        padded("over-cap", MAX_ENTRY_BYTES + 1);
+        let listed: Vec<String> = q.list().into_iter().map(|p| p.run_id).collect();
+        assert_eq!(listed, ["at-cap"]);
+        let e =
+            read_entry(at::open_dir(q.dir()).expect("dir"), "over-cap").expect_err("over the cap");
+        assert!(e.contains("65537 bytes") && e.contains("not read"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = dir.path().join("q");
+        Queue::open(&q).expect("a new directory is the daemon's");
+        for (mode, says) in [(0o770, "group-writable"), (0o703, "world-writable")] {
+            std::fs::set_permissions(&q, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = Queue::open(&q).expect_err("refused");
+            assert!(
+                e.starts_with("offsite.queue_dir ")
+                    && e.contains(says)
+                    && e.contains(&format!("chmod 0700 {}", q.display())),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert!(Queue::open(&q).is_ok());
+    }
+
+    #[test]
+    fn a_date_no_entry_of_ours_can_carry_is_not_believed() {
+        let now = 1_000_000;
+        let p = |enqueued_at, next_at| Pending {
+            run_id: "r".into(),
+            enqueued_at,
+            attempts: 1,
+            last_error: String::new(),
+            next_at,
+        };
+        // (enqueued_at, file changed at, believed enqueued_at)
+        for (enqueued, changed, believed) in [
+            (now - 500, now - 10, now - 500),
+            (now + MAX_AHEAD_SECS, now, now + MAX_AHEAD_SECS),
+            (now + MAX_AHEAD_SECS + 1, now - 30, now - 30),
+            (u64::MAX, now - 30, now - 30),
+            (u64::MAX, now + 999, now),
+        ] {
+            let (got, redated) = believable(p(enqueued, now), now, changed);
+            assert_eq!(got.enqueued_at, believed, "{enqueued}");
+            assert_eq!(redated, believed != enqueued, "{enqueued}");
+        }
+        // (next_at, max backoff, due)
+        for (next_at, max, due) in [
+            (now, 300, true),
+            (now + 1, 300, false),
+            (now + 300 + MAX_AHEAD_SECS, 300, false),
+            (now + 301 + MAX_AHEAD_SECS, 300, true),
+            (u64::MAX, 300, true),
+            (now + 120, 0, true),
+        ] {
+            assert_eq!(p(now, next_at).due(now, max), due, "{next_at} {max}");
+        }
+    }
+
+    #[test]
+    fn a_planted_future_date_ages_from_when_it_was_planted() {
+        let (_d, q) = queue();
+        let far = now() + 10 * 365 * 24 * 3600;
+        std::fs::write(q.dir().join("planted"), entry("planted", far)).expect("plant");
+        let first = q.list();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].enqueued_at <= now(), "{first:?}");
+        // Read again later, it is the same date: the wait keeps growing.
+        assert_eq!(q.list()[0].enqueued_at, first[0].enqueued_at);
     }
 }

@@ -1,7 +1,8 @@
-//! File operations relative to the backups directory's fd: nothing here
-//! follows a link, opens anything but a regular file, or creates a file
-//! that already exists. Names come from [`super::Store`], built from a
-//! validated run_id, so they never contain '/'.
+//! File operations relative to a directory's fd (the backups directory,
+//! the offsite queue): nothing here follows a link, opens anything but a
+//! regular file, or creates a file that already exists. Names are built
+//! from a validated run_id, so they never contain '/'. Also the one check
+//! that such a directory can be written by the daemon's uid only.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -18,6 +19,31 @@ pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
+}
+
+/// Refuses a directory (owned by `owner`, with `mode`) that someone but the
+/// daemon's uid could plant files in: owned by another uid, or writable by
+/// its group or by everyone. The message names the command that fixes it.
+pub fn only_daemon_writes(dir: &Path, owner: u32, mode: u32) -> Result<(), String> {
+    let d = dir.display();
+    let mode = mode & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "{d} is world-writable (mode {mode:04o}): anyone could plant files; run `chmod 0700 {d}`"
+        ));
+    }
+    if mode & 0o020 != 0 {
+        return Err(format!(
+            "{d} is group-writable (mode {mode:04o}): a group member could plant files; run `chmod 0700 {d}`"
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if owner != me {
+        return Err(format!(
+            "{d} is owned by uid {owner}, the daemon runs as uid {me}: run `chown {me} {d}`"
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `name` for reading: no links, and only a regular file (a planted
@@ -109,4 +135,32 @@ pub fn is_regular(dir: impl AsFd, name: &str) -> bool {
 /// fsync of the directory, so renames and removals survive a crash.
 pub fn sync(dir: impl AsFd) -> io::Result<()> {
     Ok(rustix::fs::fsync(dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_directory_the_daemon_alone_can_write_passes() {
+        let me = rustix::process::geteuid().as_raw();
+        let dir = Path::new("/var/lib/cutter/q");
+        assert!(only_daemon_writes(dir, me, 0o40700).is_ok());
+        assert!(only_daemon_writes(dir, me, 0o40755).is_ok());
+        // (owner, mode, what the message must say)
+        let refused = [
+            (me, 0o40770, "group-writable (mode 0770)"),
+            (me, 0o40702, "world-writable (mode 0702)"),
+            (me, 0o41777, "world-writable (mode 1777)"),
+            (me.wrapping_add(1), 0o40700, "owned by uid"),
+        ];
+        for (owner, mode, says) in refused {
+            let e = only_daemon_writes(dir, owner, mode).expect_err("refused");
+            assert!(e.contains(says) && e.contains("/var/lib/cutter/q"), "{e}");
+            assert!(
+                e.contains("run `chmod 0700") || e.contains("run `chown"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //! renamed artifact forward with its partial manifest and deletes every other
 //! partial, so the final names hold either a complete run or nothing.
 
-mod at;
+pub(crate) mod at;
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
