@@ -157,3 +157,27 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A loopback TCP port for a server the harness starts (and may restart on
+/// the same port).
+pub fn free_port() -> u16 {
+    // Outside the kernel's ephemeral range (32768-60999 on Linux): a port
+    // from there can be taken by any outgoing connection while weed is
+    // stopped for a restart, and the server then cannot listen on it again (a CI
+    // run failed so). Never the same port twice in this process either.
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let p = 20_000 + u16::try_from(h.finish() % 12_000).expect("below 12000");
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
+            return p;
+        }
+    }
+    panic!("no free port in 20000..32000");
+}

@@ -71,13 +71,6 @@ fn as_postgres(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Cluster {
     /// initdb + pg_ctl start; retries a port taken in the meantime.
     pub fn start() -> Self {
@@ -109,7 +102,7 @@ impl Cluster {
         ));
         let mut last_err = String::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = super::free_port();
             let conf = format!(
                 "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 40\n",
                 sock.display()

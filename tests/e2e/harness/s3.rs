@@ -5,7 +5,6 @@
 //! Buckets and object surgery go through aws-sdk-s3, as a second client.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,17 +49,6 @@ fn weed_binary() -> PathBuf {
     .clone()
 }
 
-fn free_port() -> u16 {
-    // Below 55535: weed would otherwise derive gRPC ports (+10000) past 65535.
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let p = l.local_addr().expect("addr").port();
-        if p < 55_000 {
-            return p;
-        }
-    }
-}
-
 /// A running SeaweedFS; killed on drop.
 pub struct SeaweedFs {
     child: Option<Child>,
@@ -77,7 +65,7 @@ impl SeaweedFs {
             .prefix("cutter-weed-")
             .tempdir()
             .expect("weed tempdir");
-        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..8).map(|_| super::free_port()).collect();
         let s3_port = ports[6];
         std::fs::write(
             dir.path().join("s3.json"),

@@ -601,6 +601,15 @@ impl Offsite {
                 } else {
                     "Object Lock off".to_owned()
                 };
+                if self.config.probe && i.versioning == "Enabled" {
+                    let key = self.bucket.key(&format!("{}/{PROBE_NAME}", self.host));
+                    if !self.bucket.reads_versions(&key).await.unwrap_or(false) {
+                        status = Status::Warn;
+                        notes.push(
+                            "the credentials cannot list or read object versions (s3:ListBucketVersions, s3:GetObjectVersion): a run someone wrote over would not restore from its genuine version without them (docs/offsite.md)".to_owned(),
+                        );
+                    }
+                }
                 format!("versioning {}, {lock}", i.versioning)
             }
             Err(e) => format!("versioning/Object Lock unknown ({e})"),

@@ -796,6 +796,22 @@ impl Bucket {
         Ok(listed)
     }
 
+    /// Whether these credentials can list `key`'s versions and read one by
+    /// its id (`s3:ListBucketVersions`, `s3:GetObjectVersion`): what a
+    /// fetch needs to reach a genuine version under a newer planted one.
+    pub async fn reads_versions(&self, key: &str) -> Result<bool, String> {
+        let Some(listed) = self.versions(key).await? else {
+            return Ok(false);
+        };
+        let Some(id) = listed.first().and_then(|v| v.id.clone()) else {
+            return Ok(false);
+        };
+        match self.head_sdk(key, Some(&id)).await {
+            Err(SdkError::ServiceError(se)) if denied(se.raw()) => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
     /// Whether Object Lock protects `key` (its current version, or
     /// `version`), asked explicitly (HEAD shows retention and legal hold
     /// only to callers allowed to read them). An error is `Err`: the
