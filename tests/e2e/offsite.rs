@@ -431,6 +431,13 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
         assert_eq!(s.weed.versions(BUCKET, &s.key(name)).len(), 2, "{name}");
     }
     assert_eq!(s.weed.get(BUCKET, &s.key("v1.sql.gpg")), b"ransom note");
+    // An oversized "signature" (our cap is 4 KiB) on top: passed over, not
+    // the end of the walk.
+    s.weed.put(
+        BUCKET,
+        &s.key("v1.manifest.json.sig"),
+        vec![0xa5; 300 * 1024],
+    );
 
     let out = s.ctl(&["verify", "--offsite", "v1", "--config", &cfg]);
     let t = text(&out);
