@@ -12,19 +12,19 @@ use crate::harness::proc::{sha256sum, wait_until};
 use crate::harness::s3::SECRET_KEY;
 use crate::harness::{Daemon, DaemonConfig, Grants, KeyKind, SeaweedFs, World, text};
 
-const BUCKET: &str = "cutter-offsite";
+pub(crate) const BUCKET: &str = "cutter-offsite";
 const HOST: &str = "db-host-1";
 
 /// A world, a server with a bucket, and a daemon config pointing at it.
-struct Setup {
-    world: World,
-    weed: SeaweedFs,
-    cfg: DaemonConfig,
+pub(crate) struct Setup {
+    pub(crate) world: World,
+    pub(crate) weed: SeaweedFs,
+    pub(crate) cfg: DaemonConfig,
     secret: PathBuf,
 }
 
 impl Setup {
-    fn new(lock: bool, mode: &str, offsite_extra: &str) -> Self {
+    pub(crate) fn new(lock: bool, mode: &str, offsite_extra: &str) -> Self {
         Self::with_secret(lock, mode, offsite_extra, SECRET_KEY)
     }
 
@@ -56,7 +56,7 @@ impl Setup {
         }
     }
 
-    fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         self.world.start(&self.cfg)
     }
 
@@ -64,7 +64,7 @@ impl Setup {
         self.world.work.path().join("backupd.toml")
     }
 
-    fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         format!("backups/{HOST}/{name}")
     }
 

@@ -9,53 +9,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::harness::proc::wait_until;
-use crate::harness::s3::SECRET_KEY;
-use crate::harness::{Daemon, DaemonConfig, Grants, KeyKind, SeaweedFs, World, text};
+use crate::harness::text;
+use crate::offsite::{BUCKET, Setup};
 
-const BUCKET: &str = "cutter-offsite-queue";
-const HOST: &str = "db-host-q";
-
-/// A world, a server with a bucket, and an async-mode daemon config with
-/// `[retention]` `retention` pointing at it.
-struct Setup {
-    world: World,
-    weed: SeaweedFs,
-    cfg: DaemonConfig,
+/// `offsite`'s setup in async mode (retries every second at most) with
+/// `[retention]` `retention`.
+fn setup(retention: &str) -> Setup {
+    let mut s = Setup::new(false, "async", "retry_max_secs = 1");
+    s.cfg
+        .tail
+        .push_str(&format!("\n[retention]\n{retention}\n"));
+    s
 }
 
-impl Setup {
-    fn new(retention: &str) -> Self {
-        let world = World::new(Grants::All);
-        let weed = SeaweedFs::start();
-        weed.create_bucket(BUCKET, false);
-        let (fpr, cert) = world.key(KeyKind::Ed25519, "offsite-queue");
-        let creds = weed.credentials_file(world.work.path(), "s3-credentials", SECRET_KEY);
-        let mut cfg = world.config(Some(&fpr), Some(cert));
-        cfg.tail = format!(
-            "[offsite]\nurl = \"s3://{BUCKET}/backups\"\nendpoint = {:?}\npath_style = true\ncredentials_file = {:?}\nhost = \"{HOST}\"\nmode = \"async\"\nqueue_dir = {:?}\nrequest_timeout_secs = 10\nmax_attempts = 2\nretry_max_secs = 1\n\n[retention]\n{retention}\n",
-            weed.endpoint(),
-            creds.display().to_string(),
-            world
-                .work
-                .path()
-                .join("offsite-queue")
-                .display()
-                .to_string(),
-        );
-        Self { world, weed, cfg }
-    }
-
-    fn start(&self) -> Daemon {
-        self.world.start(&self.cfg)
-    }
-
-    fn queued(&self, run_id: &str) -> PathBuf {
-        self.world.work.path().join("offsite-queue").join(run_id)
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("backups/{HOST}/{name}")
-    }
+/// Where `run_id` waits in the queue.
+fn queued(s: &Setup, run_id: &str) -> PathBuf {
+    s.world.work.path().join("offsite-queue").join(run_id)
 }
 
 /// The prune line for `run_id` (`ACTION   run_id   reason`).
@@ -67,14 +36,14 @@ fn line_of<'a>(out: &'a str, run_id: &str) -> &'a str {
 
 #[test]
 fn prune_leaves_a_run_whose_upload_is_queued_until_the_copy_is_confirmed() {
-    let mut s = Setup::new("keep_last = 1\nkeep_days = 0");
+    let mut s = setup("keep_last = 1\nkeep_days = 0");
     s.weed.stop();
     let daemon = s.start();
     // Two runs while the bucket is down: `new` is the newest (or, within
     // the same second, first by name), so the policy deletes `old`.
     daemon.backup("old");
     daemon.backup("new");
-    assert!(s.queued("old").exists() && s.queued("new").exists());
+    assert!(queued(&s, "old").exists() && queued(&s, "new").exists());
 
     let out = daemon.ctl(&["prune", "--confirm"]);
     let t = text(&out);
@@ -93,7 +62,7 @@ fn prune_leaves_a_run_whose_upload_is_queued_until_the_copy_is_confirmed() {
     s.weed.start_again();
     wait_until(
         Duration::from_secs(90),
-        || !s.queued("old").exists() && !s.queued("new").exists(),
+        || !queued(&s, "old").exists() && !queued(&s, "new").exists(),
         || format!("the queue did not drain:\n{}", daemon.log()),
     );
     let out = daemon.ctl(&["prune", "--confirm"]);
@@ -112,7 +81,7 @@ fn prune_leaves_a_run_whose_upload_is_queued_until_the_copy_is_confirmed() {
 
 #[test]
 fn a_queue_directory_others_can_write_is_refused_and_prune_then_deletes_nothing() {
-    let mut s = Setup::new("keep_last = 1\nkeep_days = 0");
+    let mut s = setup("keep_last = 1\nkeep_days = 0");
     s.weed.stop();
     let daemon = s.start();
     daemon.backup("old");

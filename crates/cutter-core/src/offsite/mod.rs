@@ -173,9 +173,16 @@ impl Offsite {
             ));
         }
         let started = std::time::Instant::now();
-        let up = self.bucket.put_file(&akey, file, size, &m.sha256).await?;
-        self.bucket.put_small(&skey, signature).await?;
-        self.bucket.put_small(&mkey, signed.bytes.clone()).await?;
+        let retention = self.bucket.retention().await?;
+        let retention = retention.as_ref();
+        let up = self
+            .bucket
+            .put_file(&akey, file, size, &m.sha256, retention)
+            .await?;
+        self.bucket.put_small(&skey, signature, retention).await?;
+        self.bucket
+            .put_small(&mkey, signed.bytes.clone(), retention)
+            .await?;
         // The version this upload made: a newer one written meanwhile by
         // someone else is neither confirmed nor blamed on us.
         let info = self

@@ -321,8 +321,9 @@ impl Bucket {
     }
 
     /// Retention to set on new objects: only when configured and the
-    /// bucket has Object Lock (S3 refuses the headers otherwise).
-    async fn retention(&self) -> Result<Option<(ObjectLockMode, DateTime)>, String> {
+    /// bucket has Object Lock (S3 refuses the headers otherwise). Asked
+    /// once per run's upload and passed to each PUT.
+    pub async fn retention(&self) -> Result<Option<Retention>, String> {
         let (mode, days) = self.lock;
         if days == 0 || !self.info().await?.object_lock {
             return Ok(None);
@@ -337,9 +338,13 @@ impl Bucket {
 
     /// Uploads `data` (a manifest, a signature) in one PUT, with the
     /// configured retention.
-    pub async fn put_small(&self, key: &str, data: Vec<u8>) -> Result<(), String> {
-        let retention = self.retention().await?;
-        self.put_one(key, data, retention.as_ref()).await
+    pub async fn put_small(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        retention: Option<&Retention>,
+    ) -> Result<(), String> {
+        self.put_one(key, data, retention).await
     }
 
     /// Uploads a probe: never with our retention (selftest runs every
@@ -352,7 +357,7 @@ impl Bucket {
         &self,
         key: &str,
         data: Vec<u8>,
-        retention: Option<&(ObjectLockMode, DateTime)>,
+        retention: Option<&Retention>,
     ) -> Result<(), String> {
         let digest = Sha256::digest(&data);
         let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
@@ -395,8 +400,8 @@ impl Bucket {
         file: std::fs::File,
         size: u64,
         sha256_hex: &str,
+        retention: Option<&Retention>,
     ) -> Result<Uploaded, String> {
-        let retention = self.retention().await?;
         let source = Source::new(file);
         let part_size = part_size_for(size, self.part_size);
         if size <= part_size {
@@ -414,7 +419,7 @@ impl Bucket {
                 .checksum_sha256(&sum)
                 .metadata(META_SHA256, sha256_hex)
                 .body(source.body(0, size));
-            if let Some((mode, until)) = &retention {
+            if let Some((mode, until)) = retention {
                 req = req
                     .object_lock_mode(mode.clone())
                     .object_lock_retain_until_date(*until);
@@ -438,7 +443,7 @@ impl Bucket {
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .metadata(META_SHA256, sha256_hex);
-        if let Some((mode, until)) = &retention {
+        if let Some((mode, until)) = retention {
             create = create
                 .object_lock_mode(mode.clone())
                 .object_lock_retain_until_date(*until);
@@ -773,43 +778,40 @@ impl Bucket {
     /// lists no versions), or when the newest listed version cannot be read
     /// by its id (credentials without `s3:GetObjectVersion`).
     pub async fn candidates(&self, key: &str) -> Result<Vec<Version>, String> {
-        let current = || {
+        Ok(self.readable_versions(key).await?.unwrap_or_else(|| {
             vec![Version {
                 id: None,
                 size: None,
                 modified: None,
             }]
-        };
-        let Some(listed) = self.versions(key).await?.filter(|l| !l.is_empty()) else {
-            return Ok(current());
-        };
-        if let Some(id) = listed.first().and_then(|v| v.id.as_deref())
-            && let Err(SdkError::ServiceError(se)) = self.head_sdk(key, Some(id)).await
-            && denied(se.raw())
-        {
-            tracing::debug!(
-                key,
-                "reading versions by id is denied; reading the current version only"
-            );
-            return Ok(current());
-        }
-        Ok(listed)
+        }))
     }
 
     /// Whether these credentials can list `key`'s versions and read one by
     /// its id (`s3:ListBucketVersions`, `s3:GetObjectVersion`): what a
     /// fetch needs to reach a genuine version under a newer planted one.
     pub async fn reads_versions(&self, key: &str) -> Result<bool, String> {
-        let Some(listed) = self.versions(key).await? else {
-            return Ok(false);
+        Ok(self
+            .readable_versions(key)
+            .await?
+            .is_some_and(|l| l.first().is_some_and(|v| v.id.is_some())))
+    }
+
+    /// The listed versions of `key`, or `None` when there are none to go
+    /// by: listing is not allowed or lists nothing, or the newest version
+    /// cannot be read by its id.
+    async fn readable_versions(&self, key: &str) -> Result<Option<Vec<Version>>, String> {
+        let Some(listed) = self.versions(key).await?.filter(|l| !l.is_empty()) else {
+            return Ok(None);
         };
-        let Some(id) = listed.first().and_then(|v| v.id.clone()) else {
-            return Ok(false);
-        };
-        match self.head_sdk(key, Some(&id)).await {
-            Err(SdkError::ServiceError(se)) if denied(se.raw()) => Ok(false),
-            _ => Ok(true),
+        if let Some(id) = listed.first().and_then(|v| v.id.as_deref())
+            && let Err(SdkError::ServiceError(se)) = self.head_sdk(key, Some(id)).await
+            && denied(se.raw())
+        {
+            tracing::debug!(key, "reading versions by id is denied");
+            return Ok(None);
         }
+        Ok(Some(listed))
     }
 
     /// Whether Object Lock protects `key` (its current version, or
@@ -935,6 +937,9 @@ pub struct Version {
     /// Last modified (seconds, nanoseconds), when listed.
     pub modified: Option<(i64, u32)>,
 }
+
+/// An Object Lock mode and the date retention ends.
+pub type Retention = (ObjectLockMode, DateTime);
 
 /// What an upload left in the bucket, for the HEAD that confirms it.
 #[derive(Debug, Clone)]
