@@ -204,7 +204,7 @@ fn envelope(done: &Done) -> BackupEnvelope {
             .tables
             .iter()
             .map(|t| TableCount {
-                table: t.table.clone(),
+                table: t.table.to_string(),
                 rows: t.rows,
             })
             .collect(),

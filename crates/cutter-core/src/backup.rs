@@ -91,7 +91,7 @@ pub fn reusable(setup: &Setup, ready: &Ready, id: &RunId) -> Result<Option<Manif
         )));
     }
     let tables: Vec<String> = ready.tables().iter().map(ToString::to_string).collect();
-    let had: Vec<String> = m.tables.iter().map(|t| t.table.clone()).collect();
+    let had: Vec<String> = m.tables.iter().map(|t| t.table.to_string()).collect();
     if had != tables {
         return Err(exists(format!(
             "it holds tables [{}], today's scope is [{}]",
@@ -173,7 +173,7 @@ pub async fn take(
         tables: counts
             .iter()
             .map(|(t, rows)| TableRows {
-                table: t.to_string(),
+                table: t.clone(),
                 rows: *rows,
             })
             .collect(),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -535,8 +535,11 @@ fn default_stall_timeout() -> u64 {
     300
 }
 
-/// A table in scope, split into schema and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A table in scope, split into schema and name. The config and every
+/// manifest name tables through [`TableName::parse`]; a name that fails it
+/// never reaches a query, a file or a psql session (a NUL would cut a psql
+/// line short, a newline or backslash would start a meta-command).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TableName {
     /// Schema.
     pub schema: String,
@@ -544,7 +547,39 @@ pub struct TableName {
     pub name: String,
 }
 
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1 bytes): a longer name
+/// would be truncated by the server into another one.
+pub const MAX_IDENT_BYTES: usize = 63;
+
 impl TableName {
+    /// Parses `schema.table`: both parts 1–63 bytes, no `.` in the table
+    /// part, no control character (NUL, newline, tab …) and no backslash
+    /// anywhere. The error says which rule the name broke.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let (schema, name) = text
+            .split_once('.')
+            .ok_or_else(|| format!("{:?} must be schema-qualified (schema.table)", text))?;
+        for part in [schema, name] {
+            if part.is_empty() || name.contains('.') {
+                return Err(format!("{text:?} is not schema.table"));
+            }
+            if part.len() > MAX_IDENT_BYTES {
+                return Err(format!(
+                    "{text:?}: {part:?} is longer than PostgreSQL's {MAX_IDENT_BYTES}-byte identifier limit"
+                ));
+            }
+            if part.chars().any(|c| c.is_control() || c == '\\') {
+                return Err(format!(
+                    "{text:?} holds a control character or a backslash, which no table name here may"
+                ));
+            }
+        }
+        Ok(Self {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
     /// `"schema"."name"`, quoted for SQL and for `pg_dump -t`.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
@@ -554,6 +589,21 @@ impl TableName {
 impl std::fmt::Display for TableName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Written as the `schema.table` string manifests have always held.
+impl Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Read through [`TableName::parse`]: a manifest with a bad name is corrupt.
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(|e| serde::de::Error::custom(format!("table name {e}")))
     }
 }
 
@@ -636,16 +686,7 @@ impl Config {
     pub fn tables(&self) -> std::result::Result<Vec<TableName>, String> {
         let mut out = Vec::with_capacity(self.backup.tables.len());
         for t in &self.backup.tables {
-            let (schema, name) = t.split_once('.').ok_or_else(|| {
-                format!("backup.tables entry {t:?} must be schema-qualified (schema.table)")
-            })?;
-            if schema.is_empty() || name.is_empty() || name.contains('.') {
-                return Err(format!("backup.tables entry {t:?} is not schema.table"));
-            }
-            out.push(TableName {
-                schema: schema.to_owned(),
-                name: name.to_owned(),
-            });
+            out.push(TableName::parse(t).map_err(|e| format!("backup.tables entry {e}"))?);
         }
         out.sort();
         out.dedup();

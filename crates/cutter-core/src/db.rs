@@ -108,6 +108,29 @@ impl ConnTarget {
         parts.join(" ")
     }
 
+    /// sqlx options for this server (its host, port and TLS settings) with
+    /// another database and role, for cutterctl's own sessions. Every such
+    /// session starts with `search_path=pg_catalog`,
+    /// `standard_conforming_strings=on` and `client_encoding=UTF8` as
+    /// startup options, which outrank whatever a role or database setting
+    /// (perhaps left by a hostile dump) says. The caller must have removed
+    /// `PG*` variables from the process environment: sqlx reads them.
+    pub fn session_options(&self, database: &str, user: &str) -> Result<PgConnectOptions> {
+        let mut opts = options(&self.url)?
+            .database(database)
+            .username(user)
+            .application_name("cutterctl")
+            .options([
+                ("search_path", "pg_catalog"),
+                ("standard_conforming_strings", "on"),
+                ("client_encoding", "UTF8"),
+            ]);
+        if let Some(p) = &self.password {
+            opts = opts.password(p.expose());
+        }
+        Ok(opts)
+    }
+
     /// The libpq environment for a child: only the password and a default
     /// application name. The caller removes every other `PG*` variable, so
     /// nothing in the environment can steer the connection.

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::TableName;
+
 /// Current manifest format (2: signed).
 pub const FORMAT: u32 = 2;
 /// The largest manifest (or signature) read: ours are a few KiB.
@@ -23,8 +25,9 @@ pub struct Recipient {
 /// Rows of one table in the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableRows {
-    /// `schema.table`.
-    pub table: String,
+    /// `schema.table`, validated when read ([`TableName::parse`]): a
+    /// manifest naming a table no config could is corrupt.
+    pub table: TableName,
     /// Row count in the snapshot the dump was taken from.
     pub rows: u64,
 }

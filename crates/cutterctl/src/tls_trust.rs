@@ -7,6 +7,10 @@
 //! `restore --from-offsite` and the bucket. So cutterctl drops them before
 //! anything runs, the way restore drops every `PG*` variable before psql.
 //!
+//! The same goes for every `PG*` variable: cutterctl's own database
+//! sessions (sqlx, in `restore`) read PGHOST, PGPASSWORD, PGOPTIONS,
+//! PGSSLMODE … for anything the URL leaves out, so they are dropped too.
+//!
 //! Removing a variable from a running process is `unsafe` (another thread
 //! may read the environment at the same time), and this workspace forbids
 //! unsafe code: cutterctl re-executes itself once, without them.
@@ -23,27 +27,37 @@ pub const TLS_TRUST_VARS: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR"];
 /// set them to the system store itself; other commands stay quiet).
 const DROPPED: &str = "CUTTERCTL_DROPPED_TLS_VARS";
 
-/// Returns when none of [`TLS_TRUST_VARS`] is set; otherwise replaces this
-/// process with cutterctl itself, same arguments, without them. An error
-/// only when that re-exec failed, saying how to run without them.
+/// Returns when none of [`TLS_TRUST_VARS`] and no `PG*` variable is set;
+/// otherwise replaces this process with cutterctl itself, same arguments,
+/// without them. An error only when that re-exec failed, saying how to run
+/// without them.
 pub fn drop_overrides() -> Result<(), String> {
     let set: Vec<&str> = TLS_TRUST_VARS
         .iter()
         .copied()
         .filter(|v| std::env::var_os(v).is_some())
         .collect();
-    if set.is_empty() {
+    let pg: Vec<OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("PG"))
+        .collect();
+    if set.is_empty() && pg.is_empty() {
         return Ok(());
     }
-    let unset = TLS_TRUST_VARS
+    let names: Vec<String> = set
+        .iter()
+        .map(|v| (*v).to_owned())
+        .chain(pg.iter().map(|v| v.to_string_lossy().into_owned()))
+        .collect();
+    let unset = names
         .iter()
         .map(|v| format!("-u {v}"))
         .collect::<Vec<_>>()
         .join(" ");
     let refused = |why: String| {
         format!(
-            "{} is set, which would let whoever set it choose the certificates cutterctl trusts, and cutterctl could not restart without it ({why}): run it as `env {unset} cutterctl …`",
-            set.join(" and ")
+            "{} is set, which would let whoever set it choose the certificates cutterctl trusts or the database it connects to, and cutterctl could not restart without it ({why}): run it as `env {unset} cutterctl …`",
+            names.join(" and ")
         )
     };
     let exe = std::env::current_exe().map_err(|e| refused(e.to_string()))?;
@@ -54,7 +68,12 @@ pub fn drop_overrides() -> Result<(), String> {
     for v in TLS_TRUST_VARS {
         again.env_remove(v);
     }
-    again.env(DROPPED, set.join(" and "));
+    for v in &pg {
+        again.env_remove(v);
+    }
+    if !set.is_empty() {
+        again.env(DROPPED, set.join(" and "));
+    }
     // `exec` returns only when it failed.
     Err(refused(again.exec().to_string()))
 }

@@ -2,10 +2,13 @@
 //! the operator's secret key into a private temp file while hashing the bytes
 //! consumed, and only when the whole plaintext is authenticated load it into
 //! a scratch database with psql in restricted mode, as a non-superuser role
-//! that owns that database; then compare every table's row count with the
-//! manifest. Runs without the daemon; never touches the live database.
+//! that owns that database; then check that the load stayed in its box and
+//! compare every table's row count with the manifest. Runs without the
+//! daemon; never touches the live database. `scratch.rs` is the box (sqlx
+//! sessions, bound names), `psql.rs` the loader.
 
 mod psql;
+mod scratch;
 
 use std::fs::File;
 use std::io::{Seek, Write};
@@ -22,7 +25,8 @@ use cutter_core::store::Store;
 use cutter_core::verify::{self, Trust};
 
 use crate::prompt;
-use psql::Psql;
+use psql::Loader;
+use scratch::{Counts, Scratch};
 
 /// What to restore and where (`cutterctl restore …`).
 #[derive(Debug, clap::Args)]
@@ -111,17 +115,65 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     let Some(target) = target else {
         bail!("no target");
     };
-    let psql = Psql::new(r.psql.clone(), target, &r.load_role, r.live_database_gone)?;
-    psql.refuse_live(&live_target(&config))?;
+    let loader = Loader::new(r.psql.clone())?;
+    let scratch = Scratch::new(target, &r.load_role, r.live_database_gone)?;
+    scratch.refuse_live(live_target(&config).as_ref())?;
     // Decrypt all of it before anything loads: a failed MDC or a checksum
     // mismatch then creates and commits nothing. The plaintext goes to an
     // unnamed file (O_TMPFILE): no name anyone could swap or read.
     let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
     decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut plain)?;
     plain.rewind()?;
-    let password = psql.prepare(&manifest)?;
-    let counts = psql.load(&password, plain, &manifest)?;
-    Ok(psql.compare(&counts))
+    let tables: Vec<_> = manifest.tables.iter().map(|t| t.table.clone()).collect();
+    let mut role = scratch.prepare()?;
+    let counts = scratch
+        .create_schemas(&role, &tables)
+        .and_then(|()| loader.load(&scratch.target, &scratch.role, &role.password, plain))
+        .and_then(|()| scratch.after_load(&role, &tables));
+    let locked = role.lock();
+    let counts = match counts {
+        Ok(c) => c,
+        Err(e) => {
+            if role.created_database {
+                match role.drop_database() {
+                    Ok(()) => eprintln!(
+                        "dropped the scratch database {} this restore made",
+                        scratch.target.database
+                    ),
+                    Err(d) => eprintln!(
+                        "WARNING: could not drop the scratch database {}: {d:#}",
+                        scratch.target.database
+                    ),
+                }
+            }
+            return Err(e);
+        }
+    };
+    locked?;
+    Ok(compare(&manifest, &counts, &scratch.target.database))
+}
+
+/// Prints manifest vs restored counts; `false` when any differs.
+fn compare(manifest: &Manifest, counts: &Counts, database: &str) -> bool {
+    println!("{:<50} {:>12} {:>12}", "table", "manifest", "restored");
+    let mut all_match = manifest.tables.len() == counts.len();
+    for (t, (table, got)) in manifest.tables.iter().zip(counts) {
+        let ok = *got == i64::try_from(t.rows).ok() && t.table == *table;
+        all_match &= ok;
+        println!(
+            "{:<50} {:>12} {:>12}{}",
+            crate::output::clean(&table.to_string()),
+            t.rows,
+            got.map_or_else(|| "not a table".to_owned(), |n| n.to_string()),
+            if ok { "" } else { "  MISMATCH" }
+        );
+    }
+    if all_match {
+        println!("RESTORE: OK — {} tables into {database}", counts.len());
+    } else {
+        println!("RESTORE: MISMATCH — row counts differ from the manifest");
+    }
+    all_match
 }
 
 /// The signers manifests must be signed by: `--signer` files, else
