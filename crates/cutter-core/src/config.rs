@@ -622,6 +622,7 @@ impl Config {
         if !path.is_file() {
             return Err(bad("no such file (pass --config FILE)".into()));
         }
+        crate::trusted::check(path, "the config file").map_err(bad)?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
         Self::from_toml(&text).map_err(bad)
     }
@@ -793,6 +794,10 @@ pub fn configured_fingerprint(
 /// Parses `NAME=value` lines (comments, `export`, and quotes allowed). A
 /// missing file reads as empty: the operator removed it to disable backups.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    crate::trusted::check(path, "key.env_file").map_err(|reason| Error::ConfigKey {
+        key: "key.env_file",
+        reason,
+    })?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),

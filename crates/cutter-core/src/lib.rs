@@ -24,6 +24,7 @@ pub mod setup;
 pub mod signer;
 pub mod store;
 pub mod time;
+pub mod trusted;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -419,6 +419,10 @@ fn check_pg_dump(
             return None;
         }
     };
+    if let Err(why) = crate::trusted::check(&path, "backup.pg_dump") {
+        report.push("pg_dump", Status::Fail, why);
+        return None;
+    }
     let v = match setup.pg_dump_version(&path) {
         Ok(v) => v,
         Err(why) => {

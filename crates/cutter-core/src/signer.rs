@@ -94,7 +94,15 @@ impl Signer {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                .map_err(|e| match dir.parent() {
+                    Some(state) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                        "creating {}: the state directory {} does not exist: create it (`install -d -m 0750 -o cutter-backup -g cutter-backup {}`, as the package does) or set signer.key_file to a path in a directory that exists",
+                        dir.display(),
+                        state.display(),
+                        state.display()
+                    ),
+                    _ => format!("creating {}: {e}", dir.display()),
+                })?;
         }
         let (cert, _revocation) = CertBuilder::new()
             .set_cipher_suite(CipherSuite::Cv25519)
@@ -242,6 +250,7 @@ pub fn parse_certs(bytes: &[u8]) -> Result<Vec<Cert>, String> {
 pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Cert>, String> {
     let mut out = Vec::new();
     for p in paths {
+        crate::trusted::check(p, "the manifest signer cert")?;
         out.extend(read_signer_certs(p)?);
     }
     Ok(out)
