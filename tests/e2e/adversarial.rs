@@ -16,12 +16,12 @@ use crate::harness::proc::workspace_bin;
 use crate::harness::tls::{Ca, Mitm};
 use crate::harness::{Daemon, Grants, KeyKind, World, text};
 
-fn backup(daemon: &Daemon, run_id: &str) {
+pub(crate) fn backup(daemon: &Daemon, run_id: &str) {
     daemon.backup(run_id);
 }
 
 /// A passing daemon, its key's secret half exported (0600).
-fn setup(tail: &str) -> (World, Daemon, String, PathBuf) {
+pub(crate) fn setup(tail: &str) -> (World, Daemon, String, PathBuf) {
     let world = World::new(Grants::All);
     let (fpr, cert) = world.key(KeyKind::Ed25519, "ops");
     let secret = world.work.path().join("ops-secret.asc");
@@ -32,12 +32,18 @@ fn setup(tail: &str) -> (World, Daemon, String, PathBuf) {
     (world, daemon, fpr, secret)
 }
 
-fn config_path(daemon: &Daemon) -> PathBuf {
+pub(crate) fn config_path(daemon: &Daemon) -> PathBuf {
     daemon.socket.with_file_name("backupd.toml")
 }
 
 /// `cutterctl restore RUN --into URL …` with the harness's pinned signer.
-fn restore(world: &World, daemon: &Daemon, run_id: &str, secret: &Path, into: &str) -> Command {
+pub(crate) fn restore(
+    world: &World,
+    daemon: &Daemon,
+    run_id: &str,
+    secret: &Path,
+    into: &str,
+) -> Command {
     let mut c = Command::new(workspace_bin("cutterctl"));
     c.arg("restore")
         .arg(run_id)
@@ -52,7 +58,7 @@ fn restore(world: &World, daemon: &Daemon, run_id: &str, secret: &Path, into: &s
     c
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,7 +79,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Plants `<run_id>.sql.gpg` with `artifact` and a manifest made from a real
 /// run's (`model`), naming `run_id` and the planted bytes; `tables` replaces
 /// the table list when given. Returns the manifest bytes (unsigned).
-fn plant(
+pub(crate) fn plant(
     world: &World,
     model: &str,
     run_id: &str,
@@ -102,7 +108,7 @@ fn plant(
 }
 
 /// `sql` encrypted with stock gpg to `fpr` (what anyone with the public key can make).
-fn gpg_encrypt(world: &World, fpr: &str, sql: &[u8]) -> Vec<u8> {
+pub(crate) fn gpg_encrypt(world: &World, fpr: &str, sql: &[u8]) -> Vec<u8> {
     let plain = world.work.path().join("forged.sql");
     let out = world.work.path().join("forged.sql.gpg");
     std::fs::write(&plain, sql).expect("plain");

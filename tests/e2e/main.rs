@@ -15,6 +15,7 @@ mod offsite_queue;
 mod operations;
 mod python_client;
 mod requests;
+mod restore_box;
 mod roundtrip;
 mod soak;
 mod systemd;

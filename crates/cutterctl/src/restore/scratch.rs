@@ -240,7 +240,7 @@ impl Scratch {
             let verifier = scram_verifier(&guard.password)?;
             run_formatted(
                 &mut admin,
-                "ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
+                "ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
                  CONNECTION LIMIT -1 VALID UNTIL 'infinity' PASSWORD %L",
                 &[role, &verifier],
             )
@@ -331,7 +331,12 @@ impl Scratch {
                 &[&self.target.database],
             )
             .await?;
-            self.check_role(&mut admin, "after the load").await?;
+            if let Err(e) = self.check_role(&mut admin, "after the load").await {
+                // The dump did it (a role may grant itself as the session
+                // user up to PostgreSQL 15): undo it, then refuse.
+                revoke_memberships(&mut admin, &self.role).await?;
+                return Err(e.context("the memberships were revoked"));
+            }
             let mut inside = self.admin(&self.target.database).await?;
             let found = foreign_objects(&mut inside, &self.role).await?;
             if !found.is_empty() {
@@ -497,6 +502,22 @@ async fn formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> anyho
 async fn run_formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> anyhow::Result<()> {
     let sql = formatted(c, template, args).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await?;
+    Ok(())
+}
+
+/// Revokes every membership in or of `role`.
+async fn revoke_memberships(admin: &mut PgConnection, role: &str) -> anyhow::Result<()> {
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT g.rolname::text, u.rolname::text FROM pg_catalog.pg_auth_members m \
+         JOIN pg_catalog.pg_roles g ON g.oid = m.roleid JOIN pg_catalog.pg_roles u ON u.oid = m.member \
+         WHERE $1 IN (g.rolname, u.rolname)",
+    )
+    .bind(role)
+    .fetch_all(&mut *admin)
+    .await?;
+    for (group, member) in &pairs {
+        run_formatted(admin, "REVOKE %I FROM %I", &[group, member]).await?;
+    }
     Ok(())
 }
 
