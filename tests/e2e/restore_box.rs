@@ -86,13 +86,13 @@ fn table_names_from_a_resigned_manifest_never_reach_a_shell() {
         c.args(["--expect-sha256", &recorded]);
         c
     });
+    assert!(!marker_a.exists(), "vector A ran a shell command as root");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("control character or a backslash"),
         "the manifest is refused as corrupt: {}",
         text(&out)
     );
-    assert!(!marker_a.exists(), "vector A ran a shell command as root");
     assert!(!world.pg.db_exists("s_nul"));
 
     // Vector B: the dump turns standard_conforming_strings off for the
@@ -115,8 +115,8 @@ fn table_names_from_a_resigned_manifest_never_reach_a_shell() {
         &secret,
         &world.pg.scratch_url("s_scs"),
     ));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!marker_b.exists(), "vector B ran a shell command as root");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
     // The same dump with honest names loads, and the setting it left on
     // the role is gone before any later session of that role.
