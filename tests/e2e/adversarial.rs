@@ -849,22 +849,46 @@ fn list_escapes_control_characters() {
     let (world, daemon, _, _) = setup("");
     backup(&daemon, "r1");
     let r1 = std::fs::read(world.backups.join("r1.sql.gpg")).expect("r1");
+    // A manifest signed with the daemon's (stolen) key, for its own run and
+    // artifact, whose created_at carries escape sequences: the store and the
+    // daemon believe it as it is, so only cutterctl's output escapes them.
     let bytes = plant(&world, "r1", "esc", &r1, None);
+    let mut m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    m["created_at"] = "2026-11-29T00:00:00Z\u{1b}[2J\u{1b}[31m\r".into();
+    let bytes = serde_json::to_vec_pretty(&m).expect("json");
+    std::fs::write(world.backups.join("esc.manifest.json"), &bytes).expect("write");
+    world.sign_as_daemon("esc", &bytes);
+    // And one whose run_id disagrees with its file name: refused, and the
+    // reason quotes the planted name.
+    let bytes = plant(&world, "r1", "bad", &r1, None);
     let mut m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     m["run_id"] = "\u{1b}[2J\u{1b}[31mr9\r".into();
     std::fs::write(
-        world.backups.join("esc.manifest.json"),
+        world.backups.join("bad.manifest.json"),
         serde_json::to_vec_pretty(&m).expect("json"),
     )
     .expect("write");
     let out = daemon.ctl(&["list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}", text(&out));
     assert!(
         !out.stdout.contains(&0x1b) && !out.stdout.contains(&b'\r'),
-        "{}",
-        text(&out)
+        "a control character reached the terminal: {stdout:?}"
     );
-    assert!(text(&out).contains("esc"), "{}", text(&out));
+    let line = |run_id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{run_id} ")))
+            .unwrap_or_else(|| panic!("no line for {run_id}: {stdout:?}"))
+            .to_owned()
+    };
+    let esc = line("esc");
+    assert!(
+        esc.contains("2026-11-29T00:00:00Z\\u{1b}[2J\\u{1b}[31m\\r") && esc.contains("complete"),
+        "the signed manifest is believed and its created_at shown escaped: {esc:?}"
+    );
+    let bad = line("bad");
+    assert!(bad.contains("corrupt"), "{bad:?}");
 }
 
 #[test]
