@@ -243,7 +243,27 @@ fn restore_refuses_meta_commands() {
     backup(&daemon, "real");
     // Even with the daemon's own signing key (stolen), the stream cannot run
     // psql meta-commands, nor anything a non-superuser may not do.
-    let marker = world.work.path().join("pwned");
+    // The marker's directory is writable by root (psql's `\!` runs as
+    // cutterctl's user) and by the postgres OS user (the server runs COPY …
+    // PROGRAM), so it appears if either command ran: a superuser's COPY
+    // shows it can.
+    let drop_box = tempfile::Builder::new()
+        .prefix("cutter-marker-")
+        .tempdir()
+        .expect("marker tempdir");
+    std::fs::set_permissions(drop_box.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod marker dir");
+    let probe = drop_box.path().join("probe");
+    world.pg.psql(
+        "postgres",
+        &format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", probe.display()),
+    );
+    assert!(
+        probe.exists(),
+        "the server cannot write {}",
+        probe.display()
+    );
+    let marker = drop_box.path().join("pwned");
     for (run_id, sql, why) in [
         (
             "shell",
@@ -280,9 +300,13 @@ fn restore_refuses_meta_commands() {
         )
         .output()
         .expect("restore");
+        assert!(
+            !marker.exists(),
+            "{run_id}: the planted command ran: {}",
+            text(&out)
+        );
         assert_eq!(out.status.code(), Some(1), "{run_id}: {}", text(&out));
         assert!(text(&out).contains(why), "{run_id}: {}", text(&out));
-        assert!(!marker.exists(), "{run_id}: the planted command ran");
     }
 }
 
