@@ -264,6 +264,7 @@ fn restore_refuses_meta_commands() {
         probe.display()
     );
     let marker = drop_box.path().join("pwned");
+    let mut tried = 0;
     for (run_id, sql, why) in [
         (
             "shell",
@@ -307,7 +308,9 @@ fn restore_refuses_meta_commands() {
         );
         assert_eq!(out.status.code(), Some(1), "{run_id}: {}", text(&out));
         assert!(text(&out).contains(why), "{run_id}: {}", text(&out));
+        tried += 1;
     }
+    assert_eq!(tried, 2, "both planted commands were tried");
 }
 
 #[test]
