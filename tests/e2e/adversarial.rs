@@ -249,7 +249,28 @@ fn restore_refuses_meta_commands() {
     backup(&daemon, "real");
     // Even with the daemon's own signing key (stolen), the stream cannot run
     // psql meta-commands, nor anything a non-superuser may not do.
-    let marker = world.work.path().join("pwned");
+    // The marker's directory is writable by root (psql's `\!` runs as
+    // cutterctl's user) and by the postgres OS user (the server runs COPY …
+    // PROGRAM), so it appears if either command ran: a superuser's COPY
+    // shows it can.
+    let drop_box = tempfile::Builder::new()
+        .prefix("cutter-marker-")
+        .tempdir()
+        .expect("marker tempdir");
+    std::fs::set_permissions(drop_box.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod marker dir");
+    let probe = drop_box.path().join("probe");
+    world.pg.psql(
+        "postgres",
+        &format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", probe.display()),
+    );
+    assert!(
+        probe.exists(),
+        "the server cannot write {}",
+        probe.display()
+    );
+    let marker = drop_box.path().join("pwned");
+    let mut tried = 0;
     for (run_id, sql, why) in [
         (
             "shell",
@@ -286,10 +307,16 @@ fn restore_refuses_meta_commands() {
         )
         .output()
         .expect("restore");
+        assert!(
+            !marker.exists(),
+            "{run_id}: the planted command ran: {}",
+            text(&out)
+        );
         assert_eq!(out.status.code(), Some(1), "{run_id}: {}", text(&out));
         assert!(text(&out).contains(why), "{run_id}: {}", text(&out));
-        assert!(!marker.exists(), "{run_id}: the planted command ran");
+        tried += 1;
     }
+    assert_eq!(tried, 2, "both planted commands were tried");
 }
 
 #[test]
@@ -855,22 +882,46 @@ fn list_escapes_control_characters() {
     let (world, daemon, _, _) = setup("");
     backup(&daemon, "r1");
     let r1 = std::fs::read(world.backups.join("r1.sql.gpg")).expect("r1");
+    // A manifest signed with the daemon's (stolen) key, for its own run and
+    // artifact, whose created_at carries escape sequences: the store and the
+    // daemon believe it as it is, so only cutterctl's output escapes them.
     let bytes = plant(&world, "r1", "esc", &r1, None);
+    let mut m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    m["created_at"] = "2026-11-29T00:00:00Z\u{1b}[2J\u{1b}[31m\r".into();
+    let bytes = serde_json::to_vec_pretty(&m).expect("json");
+    std::fs::write(world.backups.join("esc.manifest.json"), &bytes).expect("write");
+    world.sign_as_daemon("esc", &bytes);
+    // And one whose run_id disagrees with its file name: refused, and the
+    // reason quotes the planted name.
+    let bytes = plant(&world, "r1", "bad", &r1, None);
     let mut m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     m["run_id"] = "\u{1b}[2J\u{1b}[31mr9\r".into();
     std::fs::write(
-        world.backups.join("esc.manifest.json"),
+        world.backups.join("bad.manifest.json"),
         serde_json::to_vec_pretty(&m).expect("json"),
     )
     .expect("write");
     let out = daemon.ctl(&["list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}", text(&out));
     assert!(
         !out.stdout.contains(&0x1b) && !out.stdout.contains(&b'\r'),
-        "{}",
-        text(&out)
+        "a control character reached the terminal: {stdout:?}"
     );
-    assert!(text(&out).contains("esc"), "{}", text(&out));
+    let line = |run_id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{run_id} ")))
+            .unwrap_or_else(|| panic!("no line for {run_id}: {stdout:?}"))
+            .to_owned()
+    };
+    let esc = line("esc");
+    assert!(
+        esc.contains("2026-11-29T00:00:00Z\\u{1b}[2J\\u{1b}[31m\\r") && esc.contains("complete"),
+        "the signed manifest is believed and its created_at shown escaped: {esc:?}"
+    );
+    let bad = line("bad");
+    assert!(bad.contains("corrupt"), "{bad:?}");
 }
 
 #[test]

@@ -72,18 +72,23 @@ async fn garbage_http1_and_a_64_mib_message_are_refused_and_cost_nothing() {
     let (fpr, cert) = world.key(KeyKind::Ed25519, "k");
     let daemon = world.start(&world.config(Some(&fpr), Some(cert)));
     let before = peak_rss_kib(daemon.pid());
+    let mut refused = 0;
     for bytes in [
         &b"\x00\xff garbage \x13\x37 not http at all\r\n\r\n"[..],
         &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
     ] {
-        let mut s = UnixStream::connect(&daemon.socket).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(bytes).expect("write");
-        let mut reply = Vec::new();
-        // The daemon answers with an error or closes; either way it ends.
-        let _ = s.read_to_end(&mut reply);
+        assert_refused(&daemon, bytes);
+        refused += 1;
+        // And the daemon still serves.
+        let status = daemon
+            .client()
+            .await
+            .status(StatusRequest { running_only: true })
+            .await
+            .expect("still answers");
+        assert!(!status.into_inner().version.is_empty());
     }
+    assert_eq!(refused, 2);
     refused_as_too_large(
         &daemon,
         PreWriteBackupRequest {
@@ -106,7 +111,56 @@ async fn garbage_http1_and_a_64_mib_message_are_refused_and_cost_nothing() {
     );
 }
 
-/// A request over the daemon's 256 KiB limit is refused as too large.
+/// Sends `bytes` on a new connection and asserts that the daemon refused
+/// them: it ended the connection (EOF or reset) within 5 s, having sent
+/// nothing but connection-level HTTP/2 frames (its SETTINGS, a GOAWAY):
+/// no HTTP/1 reply and no response on any stream.
+fn assert_refused(daemon: &Daemon, bytes: &[u8]) {
+    let shown = String::from_utf8_lossy(bytes);
+    let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut reply = Vec::new();
+    // On an error, what was read before it is in `reply`.
+    let ended = match s.read_to_end(&mut reply) {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Ok(()),
+            _ => Err(e),
+        },
+    };
+    assert!(
+        ended.is_ok(),
+        "{shown:?}: the daemon kept the connection open ({ended:?}); it sent {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // HTTP/2 frames: a 9-byte header (length 24 bits, type, flags, stream).
+    let mut frames = Vec::new();
+    let mut rest = &reply[..];
+    while rest.len() >= 9 {
+        let len =
+            usize::try_from(u32::from_be_bytes([0, rest[0], rest[1], rest[2]])).expect("24 bits");
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        let Some(next) = rest.get(9 + len..) else {
+            break;
+        };
+        frames.push((rest[3], stream));
+        rest = next;
+    }
+    // SETTINGS 4, PING 6, GOAWAY 7, WINDOW_UPDATE 8, all on stream 0.
+    assert!(
+        rest.is_empty()
+            && frames
+                .iter()
+                .all(|&(kind, stream)| stream == 0 && matches!(kind, 4 | 6 | 7 | 8)),
+        "{shown:?}: the daemon answered more than HTTP/2 connection frames: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// A request over the daemon's 256 KiB limit is refused as too large, by
+/// the daemon (its decoding limit named in the status), not by the client.
 pub async fn refused_as_too_large(daemon: &Daemon, req: PreWriteBackupRequest) {
     let err = daemon
         .client()
@@ -114,12 +168,13 @@ pub async fn refused_as_too_large(daemon: &Daemon, req: PreWriteBackupRequest) {
         .pre_write_backup(req)
         .await
         .expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     assert!(
-        matches!(
-            err.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{err:?}"
+        err.message().contains("decoded message length too large")
+            && err
+                .message()
+                .contains(&format!("the limit is: {} bytes", 256 * 1024)),
+        "not the daemon's 256 KiB limit: {err:?}"
     );
 }
 

@@ -559,7 +559,30 @@ async fn a_multipart_upload_streams_from_the_file_and_verifies() {
         "{}",
         daemon.log()
     );
-    assert_eq!(s.weed.get(BUCKET, &s.key("big1.sql.gpg")), local);
+    let key = s.key("big1.sql.gpg");
+    assert_eq!(s.weed.get(BUCKET, &key), local);
+    // Uploaded in part_size_mib = 5 parts: what the server lists, and the
+    // `-<parts>` suffix of HEAD's ETag and composite SHA-256 checksum.
+    let part = 5 << 20;
+    let want: Vec<i64> = local
+        .chunks(part)
+        .map(|c| i64::try_from(c.len()).expect("size"))
+        .collect();
+    assert!(want.len() >= 3, "{want:?}");
+    let sizes = s.weed.part_sizes(BUCKET, &key);
+    assert_eq!(
+        sizes,
+        want,
+        "the object's parts: not {} parts of 5 MiB",
+        want.len()
+    );
+    let (etag, checksum) = s.weed.head_sums(BUCKET, &key);
+    let suffix = format!("-{}", want.len());
+    assert!(
+        etag.ends_with(&suffix) && checksum.ends_with(&suffix),
+        "ETag {etag:?}, checksum {checksum:?}: not a {}-part upload",
+        want.len()
+    );
     let cfg = s.config_path().display().to_string();
     let out = s.ctl(&[
         "verify",

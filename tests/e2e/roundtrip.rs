@@ -47,8 +47,23 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
 }
 
+/// A table in the same schema that the daemon's role can read but the
+/// config does not name: the dump must leave it out.
+const NOT_IN_SCOPE: &str = "cutter_governance.not_in_scope";
+/// Text in each of its rows, so a dump that held them would show it.
+const NOT_IN_SCOPE_ROW: &str = "row-outside-the-backup-scope";
+
 async fn round_trip(kind: KeyKind) {
     let world = World::new(Grants::All);
+    world.pg.psql(
+        "directus",
+        &format!(
+            "CREATE TABLE {NOT_IN_SCOPE} AS SELECT g AS id, '{NOT_IN_SCOPE_ROW} ' || g AS label \
+             FROM generate_series(1, 50) g; GRANT SELECT ON {NOT_IN_SCOPE} TO {role}",
+            role = crate::harness::pg::ROLE
+        ),
+    );
+    assert_eq!(world.pg.count("directus", NOT_IN_SCOPE), 50);
     let (fpr, cert) = world.key(kind, "backup");
     let daemon = world.start(&world.config(Some(&fpr), Some(cert)));
     let env = daemon
@@ -97,7 +112,12 @@ async fn round_trip(kind: KeyKind) {
         text.contains("PostgreSQL database dump"),
         "plaintext is a pg_dump"
     );
-    assert!(!text.contains("cutter_governance.not_in_scope"));
+    // The out-of-scope table exists, with rows the daemon's role may read;
+    // only the configured scope keeps it (and its rows) out of the dump.
+    assert!(
+        !text.contains(NOT_IN_SCOPE) && !text.contains(NOT_IN_SCOPE_ROW),
+        "the dump holds {NOT_IN_SCOPE}, which the config does not name"
+    );
 
     let restored = restore_counts(&world, "scratch", &sql);
     let in_manifest: Vec<(String, u64)> = manifest["tables"]

@@ -258,6 +258,14 @@ run_sql() {
 session_var() { in_c bash -c ". /root/.systest/session; printf '%s' \"\${$1}\""; }
 brief() { tail -n 4 <<<"$out" | tr '\n' ' '; }
 svc() { in_c systemctl show -p "$1" --value cutter-backupd.service; }
+# A unit's ActiveState ("inactive" for a stopped or unknown unit): checks
+# compare it with the state they expect, so a container that cannot be
+# asked (nsenter failing) is no pass.
+unit_state() { in_c systemctl show -p ActiveState --value "$1"; }
+# Absence, asked positively: `in_c test ! -e` exits 0 only when the
+# container answered and the path is not there (`! in_c test -e` would
+# also pass when nsenter itself failed).
+absent() { in_c test ! -e "$1"; }
 
 passphrase1=$(head -c 18 /dev/urandom | base64)
 passphrase2=$(head -c 18 /dev/urandom | base64)
@@ -265,7 +273,7 @@ passphrase2=$(head -c 18 /dev/urandom | base64)
 run_block install
 if [ "$rc" = 0 ] \
   && [ "$(in_c systemctl is-enabled cutter-backupd.socket)" = enabled ] \
-  && ! in_c systemctl -q is-active cutter-backupd.socket cutter-backupd.service \
+  && [ "$(unit_state cutter-backupd.socket)" = inactive ] && [ "$(svc ActiveState)" = inactive ] \
   && [ "$(in_c stat -c '%a %U' /var/lib/cutter/backups)" = "700 cutter-backup" ] \
   && [ "$(in_c stat -c '%a %G' /etc/cutter)" = "750 cutter-backup" ]; then
   pass "runbook 0 install: socket enabled, nothing started, user and directories made"
@@ -325,6 +333,7 @@ else
   fail "runbook 5 first backup" "rc $rc, sha256 '$sha': $(brief)"
 fi
 first_run_id=$run_id
+first_sha=$sha
 
 run_block first-run-check
 if [ "$rc" = 0 ] && grep -q 'Good signature' <<<"$out"; then
@@ -353,10 +362,16 @@ if [ "$disable_rc" = 0 ] && [ "$rc" = 1 ] && grep -q 'required env var BACKUP_GP
 else
   fail "runbook 6 disable" "reload rc $disable_rc, selftest rc $rc, $(svc ActiveState), pid $pid_before -> $(svc MainPID), STATUS '$status_text': $(brief)"
 fi
-if out=$(in_c cutterctl backup --run-id refused-while-disabled 2>&1); then
-  fail "runbook 6 a backup refuses while disabled" "it ran: $out"
+# Exit 1: the daemon said no (FailedPrecondition, naming the unset
+# variable); 3 would be a daemon that is not there, 2 a usage error.
+out=$(in_c cutterctl backup --run-id refused-while-disabled 2>&1)
+backup_rc=$?
+if [ "$backup_rc" = 1 ] && grep -q 'FailedPrecondition' <<<"$out" \
+  && grep -q 'required env var BACKUP_GPG_FPR is unset' <<<"$out" \
+  && absent /var/lib/cutter/backups/refused-while-disabled.sql.gpg; then
+  pass "runbook 6 a backup refuses while disabled (exit 1, FailedPrecondition, nothing written)"
 else
-  pass "runbook 6 a backup refuses while disabled"
+  fail "runbook 6 a backup refuses while disabled" "exit $backup_rc (want 1): $(tail -n 2 <<<"$out" | tr '\n' ' ')"
 fi
 
 run_block enable
@@ -404,7 +419,7 @@ run_block restore-role
 role_rc=$rc
 run_block restore "$passphrase2"$'\n'
 restored=$(psql_su -d directus_restore -At -c "SELECT count(*) FROM cutter_governance.cut_change_set_affected_row" 2>&1)
-if [ "$role_rc" = 0 ] && [ "$rc" = 0 ] && [ "$restored" = 1080 ] && ! in_c test -e /dev/shm/backup-secret.asc; then
+if [ "$role_rc" = 0 ] && [ "$rc" = 0 ] && [ "$restored" = 1080 ] && absent /dev/shm/backup-secret.asc; then
   pass "runbook 8b restore into a scratch database (row counts match, key file shredded)"
 else
   fail "runbook 8b restore" "role rc $role_rc, restore rc $rc, restored rows '$restored': $(brief)"
@@ -432,7 +447,11 @@ fi
 
 # --- lifecycle under systemd ---------------------------------------------------------
 # Partials start with '.'; a clean state has none.
-backups_clean() { ! in_c find /var/lib/cutter/backups -mindepth 1 -maxdepth 1 -name '.*' | grep -q .; }
+# find must answer (a missing directory or a failed nsenter is not clean).
+backups_clean() {
+  local left
+  left=$(in_c find /var/lib/cutter/backups -mindepth 1 -maxdepth 1 -name '.*') && [ -z "$left" ]
+}
 
 # A backup (run_id $1) held up for 8 s: a session holds an exclusive lock
 # on one table, so pg_dump waits. Sets $locker and $backup_client (pids of
@@ -505,11 +524,15 @@ else
   fail "lifecycle systemctl restart" "rc $restart_rc, pid $pid1 -> $(svc MainPID), $(svc ActiveState), selftest rc $selftest_rc: $(tr '\n' ' ' <<<"$selftest_out")"
 fi
 
+# journalctl prints "-- No entries --" when nothing matches: look for the
+# entry itself, its message and its SHA256 field (the envelope's).
 journal=$(in_c journalctl -u cutter-backupd --no-pager -o cat "RUN_ID=$first_run_id" 2>&1)
-if [ -n "$journal" ] && grep -q "$first_run_id" <<<"$(in_c journalctl -u cutter-backupd --no-pager -o verbose "RUN_ID=$first_run_id")"; then
+fields=$(in_c journalctl -u cutter-backupd --no-pager -o verbose "RUN_ID=$first_run_id" 2>&1)
+if grep -q "^backup complete run_id=$first_run_id size=[0-9]* sha256=$first_sha " <<<"$journal" \
+  && grep -qx " *SHA256=$first_sha" <<<"$fields"; then
   pass "lifecycle journalctl -u cutter-backupd RUN_ID=$first_run_id: $(head -n 1 <<<"$journal")"
 else
-  fail "lifecycle journalctl RUN_ID=" "nothing for RUN_ID=$first_run_id: $journal"
+  fail "lifecycle journalctl RUN_ID=" "no 'backup complete' entry with SHA256=$first_sha for RUN_ID=$first_run_id: $journal"
 fi
 
 score() { awk '/Overall exposure level/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+$/) { print $i; exit } }'; }
@@ -551,9 +574,9 @@ out=$(in_c dpkg --purge cutter-backup 2>&1)
 purge_rc=$?
 if [ "$purge_rc" = 0 ] && grep -q 'KEPT' <<<"$out" && grep -q '/var/lib/cutter/backups' <<<"$out" \
   && [ "$(in_c ls /var/lib/cutter/backups | sort)" = "$before" ] \
-  && ! in_c test -e /usr/bin/cutter-backupd && ! in_c test -e /usr/lib/systemd/system/cutter-backupd.service \
-  && ! in_c test -e /etc/cutter/backupd.toml && ! in_c test -e /run/cutter/backupd.sock \
-  && ! in_c systemctl -q is-active cutter-backupd.service cutter-backupd.socket; then
+  && absent /usr/bin/cutter-backupd && absent /usr/lib/systemd/system/cutter-backupd.service \
+  && absent /etc/cutter/backupd.toml && absent /run/cutter/backupd.sock \
+  && [ "$(svc ActiveState)" = inactive ] && [ "$(unit_state cutter-backupd.socket)" = inactive ]; then
   pass "package purge: removed, backups kept and it says so"
 else
   fail "package purge" "rc $purge_rc: $(tail -n 4 <<<"$out" | tr '\n' ' ')"

@@ -259,6 +259,50 @@ impl SeaweedFs {
         })
     }
 
+    /// What HEAD (with ChecksumMode enabled) says of an object: its ETag
+    /// and its SHA-256 checksum, without quotes. A multipart object's both
+    /// end in `-<number of parts>`.
+    pub fn head_sums(&self, bucket: &str, key: &str) -> (String, String) {
+        let out = block_on(
+            self.client()
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send(),
+        )
+        .expect("head object");
+        (
+            out.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+            out.checksum_sha256().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// The sizes of an object's parts, in part order, as GetObjectAttributes
+    /// lists them (empty for an object uploaded in one PUT).
+    pub fn part_sizes(&self, bucket: &str, key: &str) -> Vec<i64> {
+        let out = block_on(
+            self.client()
+                .get_object_attributes()
+                .bucket(bucket)
+                .key(key)
+                .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectParts)
+                .send(),
+        )
+        .expect("get object attributes");
+        let Some(parts) = out.object_parts() else {
+            return Vec::new();
+        };
+        assert_ne!(parts.is_truncated(), Some(true), "more parts than listed");
+        let mut sizes: Vec<(i32, i64)> = parts
+            .parts()
+            .iter()
+            .map(|p| (p.part_number().unwrap_or(0), p.size().unwrap_or(0)))
+            .collect();
+        sizes.sort_unstable();
+        sizes.into_iter().map(|(_, size)| size).collect()
+    }
+
     /// Overwrites an object (a new version on a versioned bucket).
     pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
         block_on(

@@ -433,7 +433,20 @@ mod tests {
         let first = q.list();
         assert_eq!(first.len(), 1);
         assert!(first[0].enqueued_at <= now(), "{first:?}");
-        // Read again later, it is the same date: the wait keeps growing.
-        assert_eq!(q.list()[0].enqueued_at, first[0].enqueued_at);
+        // Read again once the clock has moved past that date (whole
+        // seconds), it is the same date: the wait keeps growing. A reader
+        // that re-dated the entry to the time of each read would move it.
+        while now() <= first[0].enqueued_at {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let again = q.list();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].enqueued_at, first[0].enqueued_at, "{again:?}");
+        let id = RunId::parse("planted").expect("id");
+        assert_eq!(
+            q.get(&id).map(|p| p.enqueued_at),
+            Some(first[0].enqueued_at)
+        );
+        assert!(again[0].enqueued_at < now(), "{again:?}");
     }
 }
