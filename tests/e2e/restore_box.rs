@@ -196,7 +196,7 @@ fn a_database_someone_else_prepared_is_refused() {
     ));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("is not empty") && text(&out).contains("schema cutter_governance"),
+        text(&out).contains("database directus_restore is owned by eve"),
         "{}",
         text(&out)
     );
@@ -216,6 +216,24 @@ fn a_database_someone_else_prepared_is_refused() {
         ),
         "eve",
         "her database was not taken over"
+    );
+
+    // One of ours, but eve was given its public schema (she could plant
+    // functions there for a later superuser session, or swap tables).
+    world.pg.psql("postgres", "CREATE DATABASE s_pub");
+    world.pg.psql("s_pub", "ALTER SCHEMA public OWNER TO eve");
+    let out = run(restore(
+        &world,
+        &daemon,
+        "real",
+        &secret,
+        &world.pg.scratch_url("s_pub"),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not empty") && text(&out).contains("schema public is owned by eve"),
+        "{}",
+        text(&out)
     );
 
     // A dump that hands its tables or a SECURITY DEFINER function to others
@@ -482,4 +500,71 @@ fn files_that_decide_what_root_runs_must_be_roots() {
         c
     });
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_dump_cannot_act_after_its_load() {
+    let (world, daemon, fpr, secret) = setup("");
+    backup(&daemon, "real");
+    // A row-level security policy the table's owner is subject to, whose
+    // function would run in the count; a password the dump sets for
+    // itself; a template flag that would keep the database from a drop.
+    hostile_run(
+        &world,
+        &fpr,
+        "hook",
+        "CREATE TABLE cutter_governance.t (a int);\n\
+         INSERT INTO cutter_governance.t VALUES (1);\n\
+         CREATE FUNCTION cutter_governance.hook() RETURNS boolean LANGUAGE plpgsql AS \
+         $$BEGIN EXECUTE 'GRANT ALL ON cutter_governance.t TO PUBLIC'; RETURN true; END$$;\n\
+         ALTER TABLE cutter_governance.t ENABLE ROW LEVEL SECURITY;\n\
+         ALTER TABLE cutter_governance.t FORCE ROW LEVEL SECURITY;\n\
+         CREATE POLICY p ON cutter_governance.t USING (cutter_governance.hook());\n\
+         ALTER ROLE CURRENT_USER PASSWORD 'known-to-the-attacker';\n\
+         ALTER DATABASE s_hook IS_TEMPLATE true;\n",
+        serde_json::json!([{"table": "cutter_governance.t", "rows": 1}]),
+    );
+    let out = run(restore(
+        &world,
+        &daemon,
+        "hook",
+        &secret,
+        &world.pg.scratch_url("s_hook"),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("function cutter_governance.hook()"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !world.pg.db_exists("s_hook"),
+        "dropped, template flag or not"
+    );
+    assert_eq!(role_state(&world), "false|true|0");
+
+    // A policy that calls nothing of the dump's still makes the count
+    // refuse (row_security is off in the count session), never run it.
+    hostile_run(
+        &world,
+        &fpr,
+        "rls",
+        "CREATE TABLE cutter_governance.t (a int);\n\
+         INSERT INTO cutter_governance.t VALUES (1), (2);\n\
+         ALTER TABLE cutter_governance.t ENABLE ROW LEVEL SECURITY;\n\
+         ALTER TABLE cutter_governance.t FORCE ROW LEVEL SECURITY;\n\
+         CREATE POLICY p ON cutter_governance.t USING (a = 1);\n",
+        serde_json::json!([{"table": "cutter_governance.t", "rows": 1}]),
+    );
+    let out = run(restore(
+        &world,
+        &daemon,
+        "rls",
+        &secret,
+        &world.pg.scratch_url("s_rls"),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("row-level security"), "{}", text(&out));
+    assert!(!text(&out).contains("RESTORE: OK"), "{}", text(&out));
+    assert!(!world.pg.db_exists("s_rls"));
 }

@@ -127,24 +127,11 @@ fn certs_from_file(path: &Path) -> Result<Vec<Cert>, String> {
     })
 }
 
-/// Where `program` is run from: itself when it names a path, else the
-/// first match on `PATH`, as `Command` finds it.
-fn on_path(program: &std::path::Path) -> Option<std::path::PathBuf> {
-    if program.components().count() > 1 {
-        return Some(program.to_owned());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 fn certs_from_keyring(key: &KeyConfig, fpr: &Fingerprint) -> Result<Vec<Cert>, String> {
-    if let Some(gpg) = on_path(&key.gpg) {
-        crate::trusted::check(&gpg, "key.gpg")?;
-    }
-    let mut cmd = Command::new(&key.gpg);
+    let gpg = crate::trusted::program(&key.gpg, "key.gpg").map_err(|e| {
+        format!("no key.cert_file configured and {e}; set key.cert_file to an armored public key")
+    })?;
+    let mut cmd = Command::new(&gpg);
     cmd.args(["--batch", "--no-tty", "--export", fpr.as_str()])
         .stdin(Stdio::null())
         .stderr(Stdio::null());

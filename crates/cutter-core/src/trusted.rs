@@ -15,25 +15,75 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Checks `path` (a file that `what` names, e.g. `the config file`) and its
-/// directories. A file that does not exist passes: whoever reads it next
-/// says that it is missing.
+/// Checks `path` (a file that `what` names, e.g. `the config file`): the
+/// path as written (each entry on it, a symbolic link by its own owner,
+/// and every directory above it) and, when it exists, where it leads
+/// (the file and every directory above that). A file that does not exist
+/// passes once the directories above it do: whoever reads it next says
+/// that it is missing.
 pub fn check(path: &Path, what: &str) -> Result<(), String> {
-    let real = match std::fs::canonicalize(path) {
+    let me = rustix::process::geteuid().as_raw();
+    let written = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("{what} {}: {e}", path.display()))?
+            .join(path)
+    };
+    for p in written.ancestors() {
+        let meta = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{what} {}: {e}", p.display())),
+        };
+        // A link's own mode means nothing; who owns it decides where it leads.
+        let why = if meta.file_type().is_symlink() {
+            (meta.uid() != 0 && meta.uid() != me).then(|| {
+                format!(
+                    "it is a symbolic link owned by uid {}, not root",
+                    meta.uid()
+                )
+            })
+        } else {
+            unsafe_owner_or_mode(&meta, me)
+        };
+        if let Some(why) = why {
+            return Err(refusal(what, path, p, &meta, &why));
+        }
+    }
+    let real = match std::fs::canonicalize(&written) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("{what} {}: {e}", path.display())),
     };
-    let me = rustix::process::geteuid().as_raw();
-    let mut at: Option<&Path> = Some(&real);
-    while let Some(p) = at {
+    for p in real.ancestors() {
         let meta = std::fs::metadata(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
         if let Some(why) = unsafe_owner_or_mode(&meta, me) {
-            return Err(refusal(what, path, &real, p, &meta, &why));
+            return Err(refusal(what, path, p, &meta, &why));
         }
-        at = p.parent();
     }
     Ok(())
+}
+
+/// Where `program` is run from: itself when it names a path, else the
+/// first executable match on `PATH` (as `Command` finds it), checked like
+/// [`check`]. Run the returned path, not the name.
+pub fn program(program: &Path, what: &str) -> Result<PathBuf, String> {
+    let found = if program.components().count() > 1 {
+        program.to_owned()
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(program))
+                    .find(|p| {
+                        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+                    })
+            })
+            .ok_or_else(|| format!("{what} {}: not found on PATH", program.display()))?
+    };
+    check(&found, what)?;
+    Ok(found)
 }
 
 /// Checks every path in `paths` (see [`check`]).
@@ -63,18 +113,13 @@ fn unsafe_owner_or_mode(meta: &std::fs::Metadata, me: u32) -> Option<String> {
     None
 }
 
-fn refusal(
-    what: &str,
-    path: &Path,
-    real: &Path,
-    culprit: &Path,
-    meta: &std::fs::Metadata,
-    why: &str,
-) -> String {
-    let shown = if culprit == real {
+fn refusal(what: &str, path: &Path, culprit: &Path, meta: &std::fs::Metadata, why: &str) -> String {
+    let shown = if meta.is_dir() {
+        format!("{} (the directory {})", path.display(), culprit.display())
+    } else if culprit == path {
         format!("{}", path.display())
     } else {
-        format!("{} (the directory {})", path.display(), culprit.display())
+        format!("{} ({})", path.display(), culprit.display())
     };
     let fix = if meta.uid() != 0 && meta.uid() != rustix::process::geteuid().as_raw() {
         format!("chown root {}", culprit.display())
@@ -120,9 +165,28 @@ mod tests {
     }
 
     #[test]
+    fn a_link_someone_else_owns_is_refused_and_a_missing_file_needs_safe_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("real.asc");
+        std::fs::write(&target, "x").expect("write");
+        let link = dir.path().join("signer.asc");
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        check(&link, "x").expect("root's link to root's file");
+        std::os::unix::fs::lchown(&link, Some(65534), None).expect("lchown (tests run as root)");
+        let e = check(&link, "x").expect_err("someone else's link");
+        assert!(e.contains("symbolic link owned by uid 65534"), "{e}");
+
+        let open = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let e = check(&open.path().join("missing"), "x").expect_err("plantable");
+        assert!(e.contains("writable by others"), "{e}");
+    }
+
+    #[test]
     fn a_missing_file_passes_and_a_link_is_judged_by_its_target() {
         let dir = tempfile::tempdir().expect("tempdir");
-        check(&dir.path().join("missing"), "x").expect("missing passes");
+        check(&dir.path().join("missing"), "x").expect("missing in a safe directory passes");
         let open = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))
             .expect("chmod");

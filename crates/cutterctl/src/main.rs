@@ -210,11 +210,36 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
+/// Replaces the default (terminate) action of SIGINT, SIGTERM and SIGHUP
+/// while the returned handles live; each arrival is noted on stderr.
+fn hold_signals() -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ]
+    .into_iter()
+    .filter_map(|kind| signal(kind).ok())
+    .map(|mut s| {
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                eprintln!("cutterctl restore: finishing so that the load role is locked first");
+            }
+        })
+    })
+    .collect()
+}
+
 async fn run(args: Args) -> ExitCode {
     if let Command::Generate(what) = args.command {
         return generate(&what);
     }
     if let Command::Restore(r) = args.command {
+        // Between the load role's password and its lock, a signal must not
+        // end cutterctl: SIGINT still reaches psql (same process group),
+        // which stops, so the restore fails and the role is locked.
+        let _held = hold_signals();
         return match tokio::task::spawn_blocking(move || restore::run(&r)).await {
             Ok(Ok(true)) => ExitCode::SUCCESS,
             Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),

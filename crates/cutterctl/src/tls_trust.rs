@@ -9,7 +9,9 @@
 //!
 //! The same goes for every `PG*` variable: cutterctl's own database
 //! sessions (sqlx, in `restore`) read PGHOST, PGPASSWORD, PGOPTIONS,
-//! PGSSLMODE … for anything the URL leaves out, so they are dropped too.
+//! PGSSLMODE … for anything the URL leaves out, so they are dropped too;
+//! and for `OPENSSL_CONF`, `OPENSSL_MODULES` and `OPENSSL_ENGINES`, which
+//! can load a library into a root process.
 //!
 //! Removing a variable from a running process is `unsafe` (another thread
 //! may read the environment at the same time), and this workspace forbids
@@ -21,6 +23,11 @@ use std::process::Command;
 
 /// The variables that redirect TLS trust away from the system's CA store.
 pub const TLS_TRUST_VARS: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+/// OpenSSL's own configuration and module paths: a config that loads a
+/// provider loads any shared library into cutterctl (which uses OpenSSL
+/// for its random numbers and the load role's SCRAM verifier) and psql.
+const OPENSSL_VARS: &[&str] = &["OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES"];
 
 /// Set for the re-executed cutterctl: which of [`TLS_TRUST_VARS`] it
 /// dropped, so a command that goes to the bucket can say so (many hosts
@@ -39,7 +46,10 @@ pub fn drop_overrides() -> Result<(), String> {
         .collect();
     let pg: Vec<OsString> = std::env::vars_os()
         .map(|(k, _)| k)
-        .filter(|k| k.to_string_lossy().starts_with("PG"))
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("PG") || OPENSSL_VARS.contains(&k.as_ref())
+        })
         .collect();
     if set.is_empty() && pg.is_empty() {
         return Ok(());

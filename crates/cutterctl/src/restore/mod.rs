@@ -126,10 +126,11 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     plain.rewind()?;
     let tables: Vec<_> = manifest.tables.iter().map(|t| t.table.clone()).collect();
     let mut role = scratch.prepare()?;
-    let counts = scratch
-        .create_schemas(&role, &tables)
-        .and_then(|()| loader.load(&scratch.target, &scratch.role, &role.password, plain))
-        .and_then(|()| scratch.after_load(&role, &tables));
+    let counts = (|| {
+        scratch.create_schemas(&role, &tables)?;
+        loader.load(&scratch.target, &scratch.role, &role.password, plain)?;
+        scratch.after_load(&mut role, &tables)
+    })();
     let locked = role.lock();
     let counts = match counts {
         Ok(c) => c,

@@ -33,6 +33,8 @@ impl Loader {
     /// Checks that this psql knows `\restrict`.
     pub fn new(bin: Option<PathBuf>) -> anyhow::Result<Self> {
         let bin = bin.unwrap_or_else(default_psql);
+        // Root runs it: it must be root's, like every program root runs here.
+        let bin = cutter_core::trusted::program(&bin, "psql").map_err(anyhow::Error::msg)?;
         check_version(&bin)?;
         Ok(Self { bin })
     }

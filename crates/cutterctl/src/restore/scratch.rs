@@ -114,15 +114,19 @@ impl Scratch {
         connect(&self.target, database, &self.target.user, None).await
     }
 
-    /// A session on the scratch database as the load role.
+    /// A session on the scratch database as the load role, with
+    /// `row_security=off`: a policy the dump put on a table (FORCE ROW
+    /// LEVEL SECURITY reaches its owner) would run the dump's code in our
+    /// count; with it off, such a table fails the count instead.
     async fn as_load_role(&self, password: &str) -> anyhow::Result<PgConnection> {
-        connect(
-            &self.target,
-            &self.target.database,
-            &self.role,
-            Some(password),
-        )
-        .await
+        let opts = self
+            .target
+            .session_options(&self.target.database, &self.role)?
+            .password(password)
+            .options([("row_security", "off")]);
+        PgConnection::connect_with(&opts)
+            .await
+            .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
                 "logging in as the load role {} (pg_hba.conf must let it in with a password: docs/operations.md, Restore)",
@@ -235,6 +239,7 @@ impl Scratch {
         block(async {
             let mut admin = self.admin(MAINTENANCE_DB).await?;
             reset_role_settings(&mut admin, role).await?;
+            terminate(&mut admin, role, None).await?;
             // A SCRAM verifier made here: the password itself never reaches
             // the server, so no statement log can hold it.
             let verifier = scram_verifier(&guard.password)?;
@@ -254,6 +259,18 @@ impl Scratch {
             .fetch_one(&mut admin)
             .await?;
             if exists {
+                let owner: String = sqlx::query_scalar(
+                    "SELECT r.rolname::text FROM pg_catalog.pg_database d \
+                     JOIN pg_catalog.pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
+                )
+                .bind(db)
+                .fetch_one(&mut admin)
+                .await?;
+                if owner != self.target.user && owner != role {
+                    bail!(
+                        "database {db} is owned by {owner}, who could change it during or after the restore: restore into a new database name, cutterctl creates it"
+                    );
+                }
                 let mut inside = self.admin(db).await?;
                 let found = not_empty(&mut inside).await?;
                 if !found.is_empty() {
@@ -263,6 +280,12 @@ impl Scratch {
                     );
                 }
                 run_formatted(&mut admin, "ALTER DATABASE %I OWNER TO %I", &[db, role]).await?;
+                run_formatted(
+                    &mut admin,
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC",
+                    &[db],
+                )
+                .await?;
                 guard.owns_database = true;
                 eprintln!("took over the empty database {db} for {role}");
             } else {
@@ -274,6 +297,14 @@ impl Scratch {
                 .await?;
                 guard.created_database = true;
                 guard.owns_database = true;
+                // Only its owner (and superusers) may connect: nobody else
+                // can hold a session in it while it is loaded or after.
+                run_formatted(
+                    &mut admin,
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC",
+                    &[db],
+                )
+                .await?;
                 eprintln!("created scratch database {db} owned by {role}");
             }
             Ok::<_, anyhow::Error>(())
@@ -321,38 +352,70 @@ impl Scratch {
     /// What the dump may have left on the role and the database goes (so
     /// none of it applies to our next session), then the box is checked
     /// and the manifest's tables are counted as the load role.
-    pub fn after_load(&self, role: &LoadRole<'_>, tables: &[TableName]) -> anyhow::Result<Counts> {
+    pub fn after_load(
+        &self,
+        role: &mut LoadRole<'_>,
+        tables: &[TableName],
+    ) -> anyhow::Result<Counts> {
+        let db = self.target.database.as_str();
+        // A dump may set its own password (a role may): a fresh one at once,
+        // and every session of the role, or in the database, ended.
+        role.password = random_token()?;
+        let password = role.password.clone();
         block(async {
             let mut admin = self.admin(MAINTENANCE_DB).await?;
-            reset_role_settings(&mut admin, &self.role).await?;
             run_formatted(
                 &mut admin,
-                "ALTER DATABASE %I RESET ALL",
-                &[&self.target.database],
+                "ALTER ROLE %I PASSWORD %L",
+                &[&self.role, &scram_verifier(&password)?],
             )
             .await?;
+            terminate(&mut admin, &self.role, Some(db)).await?;
+            reset_role_settings(&mut admin, &self.role).await?;
+            reset_database(&mut admin, db).await?;
             if let Err(e) = self.check_role(&mut admin, "after the load").await {
-                // The dump did it (a role may grant itself as the session
-                // user up to PostgreSQL 15): undo it, then refuse.
+                // Someone granted it while the dump loaded: undo, refuse.
                 revoke_memberships(&mut admin, &self.role).await?;
                 return Err(e.context("the memberships were revoked"));
             }
-            let mut inside = self.admin(&self.target.database).await?;
-            let found = foreign_objects(&mut inside, &self.role).await?;
-            if !found.is_empty() {
-                bail!(
-                    "the dump left what a backup of tables never holds, so it is not trusted ({}); do not use {}",
-                    found.join("; "),
-                    self.target.database
-                );
-            }
-            let mut c = self.as_load_role(&role.password).await?;
+            self.check_contents("after the load").await?;
+            let mut c = self.as_load_role(&password).await?;
             let mut out = Vec::with_capacity(tables.len());
             for t in tables {
                 out.push((t.clone(), count(&mut c, t).await?));
             }
+            c.close().await?;
+            self.check_contents("after the count").await?;
             Ok(out)
         })
+    }
+
+    /// Refuses what a backup of tables never holds ([`foreign_objects`]);
+    /// prepared transactions the dump left are rolled back first.
+    async fn check_contents(&self, when: &str) -> anyhow::Result<()> {
+        let mut inside = self.admin(&self.target.database).await?;
+        let prepared: Vec<String> = sqlx::query_scalar(
+            "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = pg_catalog.current_database()",
+        )
+        .fetch_all(&mut inside)
+        .await?;
+        for gid in &prepared {
+            run_formatted(&mut inside, "ROLLBACK PREPARED %L", &[gid]).await?;
+        }
+        let mut found = foreign_objects(&mut inside, &self.role).await?;
+        found.extend(
+            prepared
+                .iter()
+                .map(|g| format!("prepared transaction {g:?} (rolled back)")),
+        );
+        if !found.is_empty() {
+            bail!(
+                "{when}, the scratch database holds what a backup of tables never does, so the dump is not trusted ({}); do not use {}",
+                found.join("; "),
+                self.target.database
+            );
+        }
+        Ok(())
     }
 }
 
@@ -406,6 +469,7 @@ impl LoadRole<'_> {
         block(async {
             let mut admin = s.admin(MAINTENANCE_DB).await?;
             run_formatted(&mut admin, "ALTER ROLE %I NOLOGIN PASSWORD NULL", &[&s.role]).await?;
+            terminate(&mut admin, &s.role, None).await?;
             reset_role_settings(&mut admin, &s.role).await?;
             let exists: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
@@ -414,12 +478,7 @@ impl LoadRole<'_> {
             .fetch_one(&mut admin)
             .await?;
             if exists && self.owns_database {
-                run_formatted(
-                    &mut admin,
-                    "ALTER DATABASE %I RESET ALL",
-                    &[&s.target.database],
-                )
-                .await?;
+                reset_database(&mut admin, &s.target.database).await?;
             }
             Ok::<_, anyhow::Error>(())
         })
@@ -439,6 +498,7 @@ impl LoadRole<'_> {
         let s = self.scratch;
         block(async {
             let mut admin = s.admin(MAINTENANCE_DB).await?;
+            reset_database(&mut admin, &s.target.database).await?;
             run_formatted(
                 &mut admin,
                 "DROP DATABASE IF EXISTS %I WITH (FORCE)",
@@ -505,6 +565,45 @@ async fn run_formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> a
     Ok(())
 }
 
+/// Ends every session of `role` (and, with `database`, every other
+/// session in that database): nothing the dump started outlives a check.
+async fn terminate(
+    admin: &mut PgConnection,
+    role: &str,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity \
+         WHERE (usename = $1 OR datname = $2) AND pid <> pg_catalog.pg_backend_pid()",
+    )
+    .bind(role)
+    .bind(database)
+    .execute(admin)
+    .await?;
+    Ok(())
+}
+
+/// What the owner may have set on the database: settings, template flag,
+/// connection limit.
+async fn reset_database(admin: &mut PgConnection, db: &str) -> anyhow::Result<()> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
+    )
+    .bind(db)
+    .fetch_one(&mut *admin)
+    .await?;
+    if exists {
+        run_formatted(
+            admin,
+            "ALTER DATABASE %I IS_TEMPLATE false CONNECTION LIMIT -1",
+            &[db],
+        )
+        .await?;
+        run_formatted(admin, "ALTER DATABASE %I RESET ALL", &[db]).await?;
+    }
+    Ok(())
+}
+
 /// Revokes every membership in or of `role`.
 async fn revoke_memberships(admin: &mut PgConnection, role: &str) -> anyhow::Result<()> {
     let pairs: Vec<(String, String)> = sqlx::query_as(
@@ -544,8 +643,8 @@ const NOT_TEMP: &str =
     "pg_catalog.pg_namespace t WHERE t.oid = x.ns AND t.nspname ~ '^pg_(toast_)?temp_'";
 
 /// Everything that makes an existing database not empty: user-made objects
-/// of any kind, settings, and CREATE granted to others on the database or
-/// on `public`. Descriptions, at most a few.
+/// of any kind, settings, flags, grants beyond the defaults, a `public`
+/// schema someone else owns. Descriptions, at most a few.
 async fn not_empty(c: &mut PgConnection) -> anyhow::Result<Vec<String>> {
     let mut parts = Vec::new();
     for (catalog, _, ns) in OWNED {
@@ -559,12 +658,13 @@ async fn not_empty(c: &mut PgConnection) -> anyhow::Result<Vec<String>> {
          JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase WHERE d.datname = pg_catalog.current_database()"
             .to_owned(),
     );
-    parts.push(create_granted_to_others());
+    parts.extend(database_and_public());
     query_found(c, &parts, None).await
 }
 
 /// After the load: objects of another role, grants to others, and what a
-/// table dump never holds (extensions, publications, SECURITY DEFINER).
+/// backup of tables never holds: functions, operators, casts, rules,
+/// extensions, publications, default privileges.
 async fn foreign_objects(c: &mut PgConnection, role: &str) -> anyhow::Result<Vec<String>> {
     let mut parts = Vec::new();
     for (catalog, owner, ns) in OWNED {
@@ -574,36 +674,37 @@ async fn foreign_objects(c: &mut PgConnection, role: &str) -> anyhow::Result<Vec
         ));
     }
     parts.push(
-        "SELECT pg_catalog.format('extension %I', extname) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'"
-            .to_owned(),
-    );
-    parts.push(
-        "SELECT pg_catalog.format('publication %I', pubname) FROM pg_catalog.pg_publication"
-            .to_owned(),
-    );
-    parts.push(
         "SELECT pg_catalog.format('SECURITY DEFINER function %s', p.oid::pg_catalog.regprocedure) \
          FROM pg_catalog.pg_proc p WHERE p.prosecdef AND p.oid >= 16384"
             .to_owned(),
     );
-    parts.push(
-        "SELECT 'default privileges (ALTER DEFAULT PRIVILEGES)' FROM pg_catalog.pg_default_acl"
-            .to_owned(),
-    );
+    for catalog in [
+        "pg_proc",
+        "pg_operator",
+        "pg_cast",
+        "pg_extension",
+        "pg_publication",
+        "pg_default_acl",
+    ] {
+        parts.push(user_objects(catalog, ""));
+    }
+    parts.push(format!(
+        "{} AND x.rulename <> '_RETURN'",
+        user_objects("pg_rewrite", "")
+    ));
     for (catalog, acl, owner) in [
         ("pg_class", "relacl", "relowner"),
         ("pg_namespace", "nspacl", "nspowner"),
-        ("pg_proc", "proacl", "proowner"),
         ("pg_type", "typacl", "typowner"),
         ("pg_largeobject_metadata", "lomacl", "lomowner"),
     ] {
-        // PUBLIC's EXECUTE on functions and USAGE on types are the defaults.
+        // PUBLIC's USAGE on types is the default.
         parts.push(format!(
             "SELECT pg_catalog.format('%s on %s granted to %s', a.privilege_type, {}, \
                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END) \
              FROM pg_catalog.{catalog} x, pg_catalog.aclexplode(x.{acl}) a \
              WHERE x.oid >= {FIRST_USER_OID} AND a.grantee <> x.{owner} \
-               AND NOT (a.grantee = 0 AND a.privilege_type IN ('EXECUTE', 'USAGE') AND '{catalog}' IN ('pg_proc', 'pg_type'))",
+               AND NOT (a.grantee = 0 AND a.privilege_type = 'USAGE' AND '{catalog}' = 'pg_type')",
             describe(catalog)
         ));
     }
@@ -613,7 +714,7 @@ async fn foreign_objects(c: &mut PgConnection, role: &str) -> anyhow::Result<Vec
          FROM pg_catalog.pg_attribute x, pg_catalog.aclexplode(x.attacl) a WHERE x.attrelid >= 16384"
             .to_owned(),
     );
-    parts.push(create_granted_to_others());
+    parts.extend(database_and_public());
     query_found(c, &parts, Some(role)).await
 }
 
@@ -629,7 +730,13 @@ fn user_objects(catalog: &str, ns: &str) -> String {
             NOT_TEMP.replace("x.ns", &format!("x.{ns}"))
         ),
     };
-    format!("SELECT {describe} FROM pg_catalog.{catalog} x WHERE x.oid >= {FIRST_USER_OID}{temp}")
+    // Large objects may be made with any oid (lo_create(42)): all are user-made.
+    let first = if catalog == "pg_largeobject_metadata" {
+        0
+    } else {
+        FIRST_USER_OID
+    };
+    format!("SELECT {describe} FROM pg_catalog.{catalog} x WHERE x.oid >= {first}{temp}")
 }
 
 /// How `\d` would name the row `x` of `catalog`.
@@ -643,19 +750,38 @@ fn describe(catalog: &str) -> String {
     format!("pg_catalog.pg_describe_object('pg_catalog.{class}'::pg_catalog.regclass, x.oid, 0)")
 }
 
-/// CREATE on the current database or on `public` granted to anyone but
-/// the owner: others could add objects beside the restored rows.
-fn create_granted_to_others() -> String {
-    "SELECT pg_catalog.format('CREATE on the database granted to %s', \
-            CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END) \
-     FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
-     WHERE d.datname = pg_catalog.current_database() AND a.privilege_type = 'CREATE' AND a.grantee <> d.datdba \
-     UNION ALL \
-     SELECT pg_catalog.format('CREATE on schema public granted to %s', \
-            CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END) \
-     FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a \
-     WHERE n.nspname = 'public' AND a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner"
-        .to_owned()
+/// The current database's flags and grants, and its `public` schema: a
+/// template (anyone with CREATEDB could copy it), a connection limit, any
+/// grant to a role but its owner beyond PUBLIC's defaults, a `public`
+/// owned by someone other than the database's owner (`pg_database_owner`,
+/// or the bootstrap superuser before PostgreSQL 14), any grant on `public`
+/// beyond PUBLIC's USAGE.
+fn database_and_public() -> Vec<String> {
+    let who = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END";
+    vec![
+        "SELECT 'it is a template (IS_TEMPLATE)' FROM pg_catalog.pg_database d \
+         WHERE d.datname = pg_catalog.current_database() AND d.datistemplate"
+            .to_owned(),
+        "SELECT pg_catalog.format('a connection limit (%s)', d.datconnlimit) FROM pg_catalog.pg_database d \
+         WHERE d.datname = pg_catalog.current_database() AND d.datconnlimit <> -1"
+            .to_owned(),
+        format!(
+            "SELECT pg_catalog.format('%s on the database granted to %s', a.privilege_type, {who}) \
+             FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
+             WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba \
+               AND NOT (a.grantee = 0 AND a.privilege_type IN ('CONNECT', 'TEMPORARY'))"
+        ),
+        "SELECT pg_catalog.format('schema public is owned by %s', n.nspowner::pg_catalog.regrole) \
+         FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public' AND n.nspowner <> 10 \
+           AND n.nspowner IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'pg_database_owner')"
+            .to_owned(),
+        format!(
+            "SELECT pg_catalog.format('%s on schema public granted to %s', a.privilege_type, {who}) \
+             FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a \
+             WHERE n.nspname = 'public' AND a.grantee <> n.nspowner \
+               AND NOT (a.grantee = 0 AND a.privilege_type = 'USAGE')"
+        ),
+    ]
 }
 
 /// The first few descriptions `parts` (our own constant SQL) find; `role`
