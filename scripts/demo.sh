@@ -29,8 +29,11 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. A throwaway PostgreSQL with the cutter_governance schema"
-mkdir "$work/sock"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$work/sock" && chown postgres: "$work"
+# PostgreSQL (as postgres) gets its own directories; $work itself stays
+# root's: the daemon refuses a config in a directory anyone else can write.
+mkdir "$work/sock" "$work/pg" "$work/pglog"
+chmod 0700 "$work/pg"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$work/sock" "$work/pg" "$work/pglog"
 as_pg "$pgbin/initdb" -D "$work/pg" -U postgres --auth-local=trust --no-sync >/dev/null
 # Socket only, in our own directory (no port to collide with); the role
 # authenticates with its password, the superuser (demo setup) by trust.
@@ -42,7 +45,7 @@ port = $port
 unix_socket_directories = '$work/sock'
 fsync = off
 CONF
-as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
+as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pglog/pg.log" -w start >/dev/null
 psql_su() { "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h "$work/sock" -p "$port" -U postgres "$@"; }
 dbpass=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 printf '%s\n' "$dbpass" > "$work/db-password"; chmod 0600 "$work/db-password"
