@@ -14,6 +14,7 @@ mod offsite;
 mod offsite_queue;
 mod operations;
 mod python_client;
+mod recovery;
 mod requests;
 mod restore_box;
 mod roundtrip;

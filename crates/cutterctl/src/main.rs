@@ -8,6 +8,7 @@ mod offsite;
 mod output;
 mod progress;
 mod prompt;
+mod recover;
 mod restore;
 mod tls_trust;
 
@@ -115,6 +116,12 @@ enum Command {
     /// database (never the live one), then compare row counts with the
     /// manifest. Works without the daemon.
     Restore(restore::Restore),
+    /// What a run changed: its pre-write rows (loaded beside live with
+    /// `restore --beside-live`) against the live rows, by key.
+    Diff(recover::diff::Diff),
+    /// Put back exactly the rows a run changed, guarded, in one
+    /// transaction: as SQL to review (--sql FILE) or now (--apply).
+    Revert(recover::revert::Revert),
     /// Shell completions or the man page, for packaging and deploy steps.
     #[command(subcommand, hide = true)]
     Generate(Generate),
@@ -210,6 +217,26 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
+/// Runs an operator command that works without the daemon on a blocking
+/// thread: exit 0 when it returns true, 1 when false or on an error.
+async fn blocking(
+    name: &'static str,
+    f: impl FnOnce() -> anyhow::Result<bool> + Send + 'static,
+) -> ExitCode {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),
+        Ok(Err(e)) => {
+            eprintln!("cutterctl {name}: {}", output::clean(&format!("{e:#}")));
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("cutterctl {name}: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 /// Replaces the default (terminate) action of SIGINT, SIGTERM and SIGHUP
 /// while the returned handles live; each arrival is noted on stderr.
 fn hold_signals() -> Vec<tokio::task::JoinHandle<()>> {
@@ -252,6 +279,15 @@ async fn run(args: Args) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         };
+    }
+    if let Command::Diff(d) = args.command {
+        let json = args.json;
+        return blocking("diff", move || recover::diff::run(&d, json)).await;
+    }
+    if let Command::Revert(r) = args.command {
+        let socket = args.socket.clone();
+        let _held = hold_signals();
+        return blocking("revert", move || recover::revert::run(&r, &socket)).await;
     }
     if let Some(code) = without_daemon(&args.command, args.json).await {
         return code;
@@ -341,7 +377,9 @@ async fn run(args: Args) -> ExitCode {
             })
             .await
             .map(|_| ExitCode::SUCCESS),
-        Command::Restore(_) | Command::Generate(_) => unreachable!("handled above"),
+        Command::Restore(_) | Command::Diff(_) | Command::Revert(_) | Command::Generate(_) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(code) => code,

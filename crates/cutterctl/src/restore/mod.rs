@@ -8,7 +8,7 @@
 //! sessions, bound names), `psql.rs` the loader.
 
 mod psql;
-mod scratch;
+pub(crate) mod scratch;
 
 use std::fs::File;
 use std::io::{Seek, Write};
@@ -34,18 +34,27 @@ pub struct Restore {
     /// The run.
     pub run_id: String,
     /// Your secret key (gpg --export-secret-keys --armor FPR > FILE, mode 0600).
-    #[arg(long)]
-    pub secret_key: PathBuf,
+    #[arg(long, required_unless_present = "drop_beside")]
+    pub secret_key: Option<PathBuf>,
     /// File with the key's passphrase (mode 0600); without it you are asked (no echo).
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
     /// Scratch database URL (an admin role that may create roles and
     /// databases); created when missing, refused when not empty or live.
-    #[arg(long, required_unless_present = "to_file")]
+    #[arg(long, required_unless_present_any = ["to_file", "beside_live", "drop_beside"])]
     pub into: Option<String>,
     /// Only decrypt, into this new file (mode 0600).
     #[arg(long, conflicts_with = "into")]
     pub to_file: Option<PathBuf>,
+    /// Load the run's tables into the live database (--live) under a new
+    /// schema, beside the live tables, which are not touched.
+    #[arg(long, conflicts_with_all = ["into", "to_file"], requires = "live")]
+    pub beside_live: bool,
+    /// Drop what --beside-live made for this run (only a schema it marked).
+    #[arg(long, conflicts_with_all = ["into", "to_file", "beside_live"], requires = "live")]
+    pub drop_beside: bool,
+    #[command(flatten)]
+    pub beside: crate::recover::BesideArgs,
     /// The daemon's config: where backups are and which database is live.
     #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
@@ -85,23 +94,31 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let id = RunId::parse(&r.run_id)?;
     let config = Config::load(&r.config)?;
-    let store = Store::new(&config.backup.dir)?;
-    let trust = trust(r, &config)?;
+    if r.drop_beside {
+        return crate::recover::drop_beside(&r.beside, &config, &id).map(|()| true);
+    }
     let target = match (&r.into, &r.to_file) {
         (Some(url), None) => Some(ConnTarget::parse(url, None).context("--into")?),
         (None, Some(_)) => None,
-        _ => bail!("give exactly one of --into URL (a scratch database) or --to-file PATH"),
+        (None, None) if r.beside_live => None,
+        _ => bail!(
+            "give exactly one of --into URL (a scratch database), --to-file PATH or --beside-live"
+        ),
     };
-    let (manifest, artifact) = if r.from_offsite {
-        fetch_offsite(r, &config, &id, &trust)?
-    } else {
-        let m = verify::verify(&store, &id, &trust).map_err(|why| {
-            anyhow::anyhow!("verify FAILED for {id}: {why}; nothing was restored")
-        })?;
-        (m, store.open_artifact(&id)?)
+    let (manifest, artifact) = authenticated(r, &config, &id)?;
+    let Some(secret_key) = &r.secret_key else {
+        bail!("--secret-key FILE is needed to decrypt");
     };
-    let keys = read_secret_keys(&r.secret_key).map_err(anyhow::Error::msg)?;
+    let keys = read_secret_keys(secret_key).map_err(anyhow::Error::msg)?;
     let passphrase = passphrase(r, &keys)?;
+    if r.beside_live {
+        let live = crate::recover::Live::connect(&r.beside, &config)?;
+        let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
+        decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut plain)?;
+        plain.rewind()?;
+        crate::recover::beside::load(&live, &r.beside, &id, &manifest, plain)?;
+        return Ok(true);
+    }
     if let Some(path) = &r.to_file {
         let mut out = create_0600_new(path)?;
         let done = decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut out)
@@ -175,6 +192,19 @@ fn compare(manifest: &Manifest, counts: &Counts, database: &str) -> bool {
         println!("RESTORE: MISMATCH — row counts differ from the manifest");
     }
     all_match
+}
+
+/// The run's signed manifest and its artifact, authenticated (local, or
+/// from the bucket with --from-offsite) before anything decrypts.
+fn authenticated(r: &Restore, config: &Config, id: &RunId) -> anyhow::Result<(Manifest, File)> {
+    let trust = trust(r, config)?;
+    if r.from_offsite {
+        return fetch_offsite(r, config, id, &trust);
+    }
+    let store = Store::new(&config.backup.dir)?;
+    let m = verify::verify(&store, id, &trust)
+        .map_err(|why| anyhow::anyhow!("verify FAILED for {id}: {why}; nothing was restored"))?;
+    Ok((m, store.open_artifact(id)?))
 }
 
 /// The signers manifests must be signed by: `--signer` files, else
@@ -277,8 +307,9 @@ fn fetch_offsite(
     Ok((fetched.manifest, fetched.file))
 }
 
-/// The daemon's live database, to refuse as a target.
-fn live_target(config: &Config) -> Option<ConnTarget> {
+/// The daemon's live database, to refuse as a target (and, for
+/// `--beside-live`, to recognise).
+pub fn live_target(config: &Config) -> Option<ConnTarget> {
     let password = config
         .database
         .password_file

@@ -520,7 +520,7 @@ impl Drop for LoadRole<'_> {
 }
 
 /// A session with cutterctl's startup options (see the module doc).
-async fn connect(
+pub(crate) async fn connect(
     target: &ConnTarget,
     database: &str,
     user: &str,
@@ -538,7 +538,7 @@ async fn connect(
     })
 }
 
-async fn identity(c: &mut PgConnection) -> anyhow::Result<String> {
+pub(crate) async fn identity(c: &mut PgConnection) -> anyhow::Result<String> {
     Ok(
         sqlx::query_scalar("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
             .fetch_one(c)
@@ -547,7 +547,11 @@ async fn identity(c: &mut PgConnection) -> anyhow::Result<String> {
 }
 
 /// `template` with its `%I`/`%L` filled in by the server.
-async fn formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn formatted(
+    c: &mut PgConnection,
+    template: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     Ok(
         sqlx::query_scalar("SELECT pg_catalog.format($1, VARIADIC $2::pg_catalog.text[])")
@@ -559,7 +563,11 @@ async fn formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> anyho
 }
 
 /// Runs `template` with its `%I`/`%L` filled in by the server.
-async fn run_formatted(c: &mut PgConnection, template: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn run_formatted(
+    c: &mut PgConnection,
+    template: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
     let sql = formatted(c, template, args).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await?;
     Ok(())
