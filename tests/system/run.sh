@@ -425,6 +425,46 @@ else
   fail "runbook 8b restore" "role rc $role_rc, restore rc $rc, restored rows '$restored': $(brief)"
 fi
 
+# A bad run after the last backup ($RUN_ID): three tables changed.
+psql_su -d directus -c "UPDATE cutter_governance.cut_run SET label = 'bad run' WHERE id <= 3; \
+  DELETE FROM cutter_governance.cut_plan WHERE id = 5; INSERT INTO cutter_governance.cut_target (label) VALUES ('bad row');" > /dev/null
+run_block recover-verify
+verify_rc=$rc
+run_block recover-beside "$passphrase2"$'\n'
+beside_rc=$rc
+beside_tables=$(psql_su -d directus -At -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'cutter_restore_$rotated_run'" 2>&1)
+run_block recover-diff
+diff_out=$out
+diff_rc=$rc
+changed=$(in_c cat "/root/changed-$rotated_run.jsonl" 2>/dev/null | wc -l)
+if [ "$verify_rc" = 0 ] && [ "$beside_rc" = 0 ] && [ "$beside_tables" = 9 ] && [ "$diff_rc" = 0 ] && [ "$changed" = 5 ] \
+  && grep -q '3 of 9 tables changed: 1 inserted, 1 deleted, 3 updated' <<<"$diff_out" && absent /dev/shm/backup-secret.asc; then
+  pass "runbook 8c a run went wrong: verify, 9 tables beside live, diff names the 5 changed rows"
+else
+  fail "runbook 8c beside live and diff" "rc $verify_rc/$beside_rc/$diff_rc, beside tables '$beside_tables', changed rows '$changed': $(tail -n 4 <<<"$diff_out" | tr '\n' ' ')"
+fi
+run_block recover-revert-sql
+sql_rc=$rc
+sql_out=$out
+sql_mode=$(in_c stat -c %a "/root/revert-$rotated_run.sql" 2>&1)
+run_block recover-apply
+apply_rc=$rc
+bad_left=$(psql_su -d directus -At -c "SELECT count(*) FROM cutter_governance.cut_run WHERE label = 'bad run'" 2>&1)
+plan5=$(psql_su -d directus -At -c "SELECT count(*) FROM cutter_governance.cut_plan WHERE id = 5" 2>&1)
+if [ "$sql_rc" = 0 ] && [ "$sql_mode" = 600 ] && grep -q '^\\restrict ' <<<"$sql_out" && [ "$apply_rc" = 0 ] \
+  && [ "$bad_left" = 0 ] && [ "$plan5" = 0 ] && in_c cutterctl list | grep -q "revert-$rotated_run-"; then
+  pass "runbook 8c revert cut_run: SQL to review (0600, restricted), --apply after a pre-revert backup; other tables untouched"
+else
+  fail "runbook 8c revert" "rc $sql_rc/$apply_rc, mode '$sql_mode', 'bad run' rows left '$bad_left', cut_plan 5 '$plan5': $(brief)"
+fi
+run_block recover-drop
+left_schema=$(psql_su -d directus -At -c "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutter_restore_$rotated_run'" 2>&1)
+if [ "$rc" = 0 ] && [ "$left_schema" = 0 ]; then
+  pass "runbook 8c drop the tables beside live"
+else
+  fail "runbook 8c drop" "rc $rc, schema left '$left_schema': $(brief)"
+fi
+
 run_block retention-config
 cfg_rc=$rc
 run_block retention

@@ -404,7 +404,8 @@ pub async fn changes(
     Ok(n)
 }
 
-/// Runs `cutterctl diff`; `Ok(true)` when nothing changed.
+/// Runs `cutterctl diff` (exit 0 whether or not rows changed: the output
+/// says which; an error is exit 1).
 pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
     let id = RunId::parse(&d.run_id)?;
     let config = Config::load(&d.config)?;
@@ -441,7 +442,10 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
             .await?;
             total += n;
         }
-        Ok(total == 0)
+        if !json && !d.csv && total == 0 {
+            println!("\nno row differs from the backup");
+        }
+        Ok(true)
     })
 }
 
