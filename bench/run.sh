@@ -2,7 +2,9 @@
 # Reproduces docs/benchmarks.md: release build, then cutter-bench (a ~1 GB
 # and a ~3 MB dataset in a throwaway cluster; floor, old way, ours).
 # Options pass through: --large-mb N --small-mb N --runs N --small-runs N;
-# `--offsite` measures instead the upload of the large artifact to a
+# `--recovery [--sizes 100,1000]` measures restore --beside-live, diff and
+# revert on one table with 1% of its rows changed; `--offsite` measures
+# instead the upload of the large artifact to a
 # throwaway SeaweedFS (throughput, daemon peak RSS).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,7 @@ mod harness;
 mod data;
 mod measure;
 mod offsite;
+mod recovery;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -80,7 +81,10 @@ fn main() {
     let runs = usize::try_from(arg("--runs", 5)).unwrap_or(5);
     let small_runs = usize::try_from(arg("--small-runs", 21)).unwrap_or(21);
     let offsite_only = std::env::args().any(|a| a == "--offsite");
+    let recovery_only = std::env::args().any(|a| a == "--recovery");
     let small_mb = if offsite_only { 0 } else { small_mb };
+    let large_mb = if recovery_only { 0 } else { large_mb };
+    let small_mb = if recovery_only { 0 } else { small_mb };
 
     let pg = Cluster::start();
     pg.psql(
@@ -119,6 +123,17 @@ fn main() {
     machine();
     if offsite_only {
         b.offsite("directus_large");
+        return;
+    }
+    if recovery_only {
+        let sizes: Vec<u64> = std::env::args()
+            .skip_while(|a| a != "--sizes")
+            .nth(1)
+            .unwrap_or_else(|| "100,1000".into())
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        b.recovery(&sizes);
         return;
     }
     let plain = b.plain_size("directus_large");
