@@ -97,14 +97,26 @@ struct Rec {
 
 impl Rec {
     fn new() -> Self {
+        Self::with("", &[])
+    }
+
+    /// The fixture, then `sql`, with `extra` tables in scope too.
+    fn with(sql: &str, extra: &[&str]) -> Self {
         let world = World::new(Grants::All);
         world.pg.psql("directus", FIXTURE);
+        if !sql.is_empty() {
+            world.pg.psql("directus", sql);
+        }
         let (fpr, cert) = world.key(KeyKind::Ed25519, "ops");
         let secret = world.work.path().join("ops-secret.asc");
         world.gpg.export_secret(&fpr, &secret);
         let mut cfg = world.config(Some(&fpr), Some(cert));
-        cfg.tables
-            .extend(REC_TABLES.iter().map(|t| format!("cutter_governance.{t}")));
+        cfg.tables.extend(
+            REC_TABLES
+                .iter()
+                .chain(extra)
+                .map(|t| format!("cutter_governance.{t}")),
+        );
         let daemon = world.start(&cfg);
         daemon.backup("run1");
         let live = world.pg.scratch_url("directus");
@@ -496,15 +508,17 @@ fn beside_live_refuses_changed_columns_wrong_counts_and_hostile_dumps() {
     // rec_log's rows load, into the table cutterctl made.
     let fpr = model["gpg_fpr"].as_str().expect("gpg_fpr").to_owned();
     let dump = "SET standard_conforming_strings = on;\n\
+                COMMENT ON TABLE cutter_governance.rec_leaf IS 'x\n\
+                COPY cutter_governance.rec_log (msg, n) FROM stdin;\n\
+                forged\t0\n\
+                \\.\n\
+                ';\n\
                 COPY cutter_governance.rec_log (msg, n) FROM stdin;\n\
                 a\\tb\\\\.\t1\n\
                 \\.\n\
                 DROP TABLE cutter_governance.rec_leaf;\n\
                 COPY cutter_governance.rec_parent (id) FROM stdin;\n\
                 999\n\
-                \\.\n\
-                COPY cutter_governance.rec_log (msg, n) FROM stdin;\n\
-                twice\t2\n\
                 \\.\n";
     let artifact = gpg_encrypt(&rec.world, &fpr, dump.as_bytes());
     let bytes = plant(
@@ -534,4 +548,185 @@ fn beside_live_refuses_changed_columns_wrong_counts_and_hostile_dumps() {
         "only the table cutterctl made"
     );
     assert_eq!(rec.digests(), live_before, "no live table changed");
+
+    // Two rows blocks for one table: not a dump cutter-backup made.
+    let twice = "COPY cutter_governance.rec_log (msg, n) FROM stdin;\nx\t1\n\\.\n\
+                 COPY cutter_governance.rec_log (msg, n) FROM stdin;\ny\t2\n\\.\n";
+    let artifact = gpg_encrypt(&rec.world, &fpr, twice.as_bytes());
+    let bytes = plant(
+        &rec.world,
+        "run1",
+        "twice",
+        &artifact,
+        Some(serde_json::json!([{"table": "cutter_governance.rec_log", "rows": 1}])),
+    );
+    rec.world.sign_as_daemon("twice", &bytes);
+    let out = rec.beside("twice", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("second rows block"), "{}", text(&out));
+
+    // A manifest naming a table outside the config's scope (a catalog).
+    let artifact = gpg_encrypt(&rec.world, &fpr, b"SELECT 1;\n");
+    let bytes = plant(
+        &rec.world,
+        "run1",
+        "catalog",
+        &artifact,
+        Some(serde_json::json!([{"table": "pg_catalog.pg_authid", "rows": 0}])),
+    );
+    rec.world.sign_as_daemon("catalog", &bytes);
+    let out = rec.beside("catalog", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("not in backup.tables"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn generated_and_identity_columns_revert_and_code_others_own_is_refused() {
+    let rec = Rec::with(
+        "CREATE TABLE cutter_governance.rec_gen (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, a int, \
+           twice int GENERATED ALWAYS AS (a * 2) STORED);\n\
+         INSERT INTO cutter_governance.rec_gen (a) SELECT g FROM generate_series(1, 5) g;\n\
+         CREATE ROLE eve LOGIN;\n\
+         CREATE SCHEMA evil AUTHORIZATION eve;\n\
+         GRANT USAGE ON SCHEMA cutter_governance TO eve;\n\
+         CREATE TABLE cutter_governance.rec_eve (id int PRIMARY KEY, v text);\n\
+         INSERT INTO cutter_governance.rec_eve VALUES (1, 'a'), (2, 'b');\n\
+         ALTER TABLE cutter_governance.rec_eve OWNER TO eve;\n\
+         GRANT SELECT ON cutter_governance.rec_gen, cutter_governance.rec_eve TO cutter_exec;\n\
+         GRANT SELECT ON SEQUENCE cutter_governance.rec_gen_id_seq TO cutter_exec;\n",
+        &["rec_gen", "rec_eve"],
+    );
+    let gen_digest = || {
+        rec.world.pg.psql(
+            "directus",
+            "SELECT string_agg(x::text, '|' ORDER BY id) FROM cutter_governance.rec_gen x",
+        )
+    };
+    let before = gen_digest();
+    rec.world.pg.psql(
+        "directus",
+        "DELETE FROM cutter_governance.rec_gen WHERE id = 2; \
+         UPDATE cutter_governance.rec_gen SET a = 10 WHERE id = 3; \
+         INSERT INTO cutter_governance.rec_gen (a) VALUES (7);",
+    );
+    let out = rec.beside("run1", &["--table", "cutter_governance.rec_gen"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = rec.diff_json(&[]);
+    let got = seen(&rows);
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for (kind, key) in [
+        ("deleted", "id=2"),
+        ("updated", "id=3"),
+        ("inserted", "id=6"),
+    ] {
+        assert!(
+            got.contains(&(
+                "cutter_governance.rec_gen".to_owned(),
+                kind.to_owned(),
+                key.to_owned()
+            )),
+            "{got:?}"
+        );
+    }
+    let out = rec
+        .ctl(&[
+            "revert",
+            "run1",
+            "--live",
+            &rec.live,
+            "--apply",
+            "--no-backup",
+        ])
+        .output()
+        .expect("revert");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        gen_digest(),
+        before,
+        "identity and generated columns put back"
+    );
+
+    // Beside tables someone else owns are not believed.
+    rec.world.pg.psql(
+        "directus",
+        "ALTER TABLE cutter_restore_run1.rec_gen OWNER TO eve",
+    );
+    let out = rec
+        .ctl(&["diff", "run1", "--live", &rec.live])
+        .output()
+        .expect("diff");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("rec_gen is owned by eve"),
+        "{}",
+        text(&out)
+    );
+
+    // eve owns a table in scope and puts a cast on its row type: loading
+    // it beside live would run her function as the superuser.
+    let mut eve = rec.world.pg.psql_cmd("directus");
+    eve.args([
+        "-c",
+        "SET ROLE eve",
+        "-c",
+        "CREATE FUNCTION evil.as_text(cutter_governance.rec_eve) RETURNS text LANGUAGE sql AS $$ SELECT 'same' $$",
+        "-c",
+        "CREATE CAST (cutter_governance.rec_eve AS text) WITH FUNCTION evil.as_text(cutter_governance.rec_eve)",
+    ]);
+    let o = eve.output().expect("psql");
+    assert!(o.status.success(), "{}", text(&o));
+    let out = rec.beside(
+        "run1",
+        &["--table", "cutter_governance.rec_eve", "--schema", "s_eve"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("evil.as_text") && text(&out).contains("owned by eve"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        rec.world.pg.psql(
+            "directus",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 's_eve'"
+        ),
+        "0"
+    );
+
+    // A foreign key that cascades into a table a revert would write.
+    rec.world.pg.psql(
+        "directus",
+        "ALTER TABLE cutter_governance.rec_leaf DROP CONSTRAINT rec_leaf_parent_id_seq_fkey; \
+         ALTER TABLE cutter_governance.rec_leaf ADD FOREIGN KEY (parent_id, seq) \
+           REFERENCES cutter_governance.rec_child (parent_id, seq) ON DELETE CASCADE",
+    );
+    let out = rec.beside(
+        "run1",
+        &[
+            "--table",
+            "cutter_governance.rec_child",
+            "--schema",
+            "s_child",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rec
+        .ctl(&[
+            "revert",
+            "run1",
+            "--live",
+            &rec.live,
+            "--schema",
+            "s_child",
+            "--apply",
+            "--no-backup",
+        ])
+        .output()
+        .expect("revert");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cascades"), "{}", text(&out));
 }

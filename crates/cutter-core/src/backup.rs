@@ -209,6 +209,11 @@ pub async fn take(
 fn check_counts(counts: &[(TableName, u64)], copy_rows: &[(String, u64)]) -> Result<()> {
     for (table, rows) in counts {
         let name = table.to_string();
+        if copy_rows.iter().filter(|(t, _)| *t == name).count() > 1 {
+            return Err(Error::PgDump(format!(
+                "the dump holds more than one COPY block for {name}; the artifact was discarded"
+            )));
+        }
         let dumped = copy_rows.iter().find(|(t, _)| *t == name).map(|(_, n)| *n);
         if dumped != Some(*rows) {
             return Err(Error::PgDump(format!(

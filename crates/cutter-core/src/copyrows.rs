@@ -3,20 +3,37 @@
 //! manifest (taken in the snapshot) are the rows actually in the artifact.
 //!
 //! In COPY text format a row is exactly one line (newlines in values are
-//! escaped), and `\.` ends the block.
+//! escaped), and `\.` ends the block. A header counts only on a line that
+//! starts outside strings and comments (`sqllex`): a comment a table owner
+//! wrote can hold a header-looking line, which must not count as rows.
 
 use memchr::memchr;
+
+use crate::sqllex::SqlLexer;
 
 /// Lines outside COPY blocks longer than this are not COPY headers.
 const HEADER_MAX: usize = 64 * 1024;
 
 /// The running count.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CopyRows {
     line: Vec<u8>,
     line_len: usize,
     copying: Option<(String, u64)>,
     done: Vec<(String, u64)>,
+    sql: SqlLexer,
+}
+
+impl Default for CopyRows {
+    fn default() -> Self {
+        Self {
+            line: Vec::new(),
+            line_len: 0,
+            copying: None,
+            done: Vec::new(),
+            sql: SqlLexer::new(),
+        }
+    }
 }
 
 impl CopyRows {
@@ -25,11 +42,17 @@ impl CopyRows {
         while !data.is_empty() {
             match memchr(b'\n', data) {
                 Some(i) => {
+                    if self.copying.is_none() {
+                        self.sql.feed(&data[..=i]);
+                    }
                     self.push(&data[..i]);
                     self.end_line();
                     data = &data[i + 1..];
                 }
                 None => {
+                    if self.copying.is_none() {
+                        self.sql.feed(data);
+                    }
                     self.push(data);
                     break;
                 }
@@ -57,7 +80,7 @@ impl CopyRows {
                 }
             }
             Some((_, rows)) => *rows += 1,
-            None if self.line_len == self.line.len() => {
+            None if self.line_len == self.line.len() && self.sql.line_began_at_top() => {
                 if let Some(table) = copy_header(&self.line) {
                     self.copying = Some((table, 0));
                 }
@@ -103,6 +126,14 @@ mod tests {
     use super::*;
 
     const DUMP: &str = "SET x = 1;\nCOPY cutter_governance.cut_run (id, label) FROM stdin;\n1\trow one\n2\tline\\nbreak\n\\.\n\nCOPY \"Odd\".\"Ta\"\"ble\" (id) FROM stdin;\n\\.\nCOPY s.t (id) FROM stdin;\n7\n\\.\n";
+
+    #[test]
+    fn a_header_inside_a_comment_string_is_not_a_block() {
+        let dump = "COMMENT ON TABLE s.a IS 'x\nCOPY s.t (id) FROM stdin;\n1\n\\.\n';\nCOPY s.t (id) FROM stdin;\n7\n8\n\\.\n";
+        let mut c = CopyRows::default();
+        c.feed(dump.as_bytes());
+        assert_eq!(c.finish(), vec![("s.t".to_owned(), 2)]);
+    }
 
     #[test]
     fn counts_rows_per_block_however_the_stream_is_cut() {

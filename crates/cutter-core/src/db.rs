@@ -111,9 +111,10 @@ impl ConnTarget {
     /// sqlx options for this server (its host, port and TLS settings) with
     /// another database and role, for cutterctl's own sessions. Every such
     /// session starts with `search_path=pg_catalog`,
-    /// `standard_conforming_strings=on` and `client_encoding=UTF8` as
-    /// startup options, which outrank whatever a role or database setting
-    /// (perhaps left by a hostile dump) says. The caller must have removed
+    /// `standard_conforming_strings=on`, `client_encoding=UTF8` and fixed
+    /// date, time zone, interval, float and bytea formats as startup
+    /// options, which outrank whatever a role or database setting (perhaps
+    /// left by a hostile dump) says. The caller must have removed
     /// `PG*` variables from the process environment: sqlx reads them.
     pub fn session_options(&self, database: &str, user: &str) -> Result<PgConnectOptions> {
         let mut opts = options(&self.url)?
@@ -124,6 +125,14 @@ impl ConnTarget {
                 ("search_path", "pg_catalog"),
                 ("standard_conforming_strings", "on"),
                 ("client_encoding", "UTF8"),
+                // Values go out as text and come back in (a revert): the
+                // same spelling both ways, whatever the database says.
+                ("DateStyle", "ISO, YMD"),
+                ("IntervalStyle", "postgres"),
+                ("TimeZone", "UTC"),
+                ("extra_float_digits", "3"),
+                ("bytea_output", "hex"),
+                ("array_nulls", "on"),
             ]);
         if let Some(p) = &self.password {
             opts = opts.password(p.expose());

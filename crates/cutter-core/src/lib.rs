@@ -22,6 +22,7 @@ pub mod runid;
 pub mod selftest;
 pub mod setup;
 pub mod signer;
+pub mod sqllex;
 pub mod store;
 pub mod time;
 pub mod trusted;

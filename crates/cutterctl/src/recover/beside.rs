@@ -3,7 +3,7 @@
 //! table untouched.
 //!
 //! Each table is created by cutterctl from the live table's definition
-//! (`LIKE … INCLUDING DEFAULTS`: no triggers, no keys to live tables) when
+//! (`LIKE … INCLUDING GENERATED`: no triggers, no keys to live tables) when
 //! the dump's COPY column list is the live table's; its rows come from the
 //! authenticated plaintext's COPY block through `COPY … FROM STDIN` on
 //! cutterctl's own connection, streamed in 1 MiB sends (memory stays flat).
@@ -32,10 +32,11 @@ pub fn load(
     args: &BesideArgs,
     id: &RunId,
     manifest: &Manifest,
+    config: &cutter_core::config::Config,
     plain: File,
 ) -> anyhow::Result<()> {
     let schema = args.schema(id)?;
-    let chosen = args.chosen(manifest)?;
+    let chosen = args.chosen(manifest, config)?;
     for (i, t) in chosen.iter().enumerate() {
         if chosen[..i].iter().any(|u| u.name == t.name) {
             bail!(
@@ -64,9 +65,18 @@ pub fn load(
         let mut done: Vec<(TableName, u64)> = Vec::new();
         let mut blocks = Blocks::new(BufReader::with_capacity(SEND_BYTES, plain));
         while let Some(h) = blocks.next_header()? {
-            if !chosen.contains(&h.table) || done.iter().any(|(t, _)| *t == h.table) {
+            if !chosen.contains(&h.table) {
                 continue;
             }
+            if done.iter().any(|(t, _)| *t == h.table) {
+                bail!(
+                    "the dump holds a second rows block for {}: it is not a dump cutter-backup made; nothing was loaded",
+                    h.table
+                );
+            }
+            // A domain's CHECK, a generated column or a cast would run
+            // here, in this session.
+            super::diff::refuse_foreign_code(&mut tx, &h.table, false).await?;
             create_like(&mut tx, &schema, &h).await?;
             let rows = copy_rows(&mut tx, &schema, &h, &mut blocks).await?;
             done.push((h.table, rows));
@@ -99,13 +109,18 @@ pub fn load(
                 );
             }
         }
-        if let Some(owner) = &args.owner {
-            run_formatted(&mut tx, "ALTER SCHEMA %I OWNER TO %I", &[&schema, owner]).await?;
+        if let Some(reader) = &args.owner {
+            run_formatted(
+                &mut tx,
+                "GRANT USAGE ON SCHEMA %I TO %I",
+                &[&schema, reader],
+            )
+            .await?;
             for (t, _) in &done {
                 run_formatted(
                     &mut tx,
-                    "ALTER TABLE %I.%I OWNER TO %I",
-                    &[&schema, &t.name, owner],
+                    "GRANT SELECT ON %I.%I TO %I",
+                    &[&schema, &t.name, reader],
                 )
                 .await?;
             }
@@ -130,8 +145,11 @@ pub fn load(
     Ok(())
 }
 
-/// `CREATE TABLE schema.name (LIKE live INCLUDING DEFAULTS)`, after
-/// checking that the dump's columns are the live table's.
+/// `CREATE TABLE schema.name (LIKE live INCLUDING GENERATED)`, after
+/// checking that the dump's columns are the live table's. Generated
+/// columns are computed as in the live table (so rows compare whole);
+/// defaults are not copied: nothing evaluates them, and they would tie the
+/// new table to live sequences and functions.
 async fn create_like(c: &mut PgConnection, schema: &str, h: &Header) -> anyhow::Result<()> {
     let live_cols = live_columns(c, &h.table).await?;
     let Some(live_cols) = live_cols else {
@@ -161,7 +179,7 @@ async fn create_like(c: &mut PgConnection, schema: &str, h: &Header) -> anyhow::
     }
     run_formatted(
         c,
-        "CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS)",
+        "CREATE TABLE %I.%I (LIKE %I.%I INCLUDING GENERATED)",
         &[schema, &h.table.name, &h.table.schema, &h.table.name],
     )
     .await

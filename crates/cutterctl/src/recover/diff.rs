@@ -107,6 +107,8 @@ pub async fn plans(
     schema: &str,
     id: &RunId,
     only: &[String],
+    config: &Config,
+    writes: bool,
 ) -> anyhow::Result<Vec<Plan>> {
     match schema_comment(c, schema).await? {
         None => bail!(
@@ -117,6 +119,35 @@ pub async fn plans(
             bail!("schema {schema:?} holds another run's tables ({m}): pass --schema for {id}'s")
         }
         Some(_) => bail!("schema {schema:?} was not made by `cutterctl restore --beside-live`"),
+    }
+    // The pre-write rows are believed only when nobody else could have
+    // changed them: the schema and its tables ours, no write granted.
+    let foreign: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_catalog.format('schema %I is owned by %s', n.nspname, n.nspowner::pg_catalog.regrole) \
+         FROM pg_catalog.pg_namespace n WHERE n.nspname = $1 AND n.nspowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+         UNION ALL \
+         SELECT pg_catalog.format('%I is owned by %s', c.relname, c.relowner::pg_catalog.regrole) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+         UNION ALL \
+         SELECT pg_catalog.format('%s on %I granted to %s', a.privilege_type, c.relname, \
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, pg_catalog.aclexplode(c.relacl) a \
+         WHERE n.nspname = $1 AND a.grantee <> c.relowner AND a.privilege_type <> 'SELECT' \
+         UNION ALL \
+         SELECT pg_catalog.format('%s on schema %I granted to %s', a.privilege_type, n.nspname, \
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END) \
+         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a \
+         WHERE n.nspname = $1 AND a.grantee <> n.nspowner AND a.privilege_type <> 'USAGE' LIMIT 10",
+    )
+    .bind(schema)
+    .fetch_all(&mut *c)
+    .await?;
+    if !foreign.is_empty() {
+        bail!(
+            "the pre-write rows in schema {schema:?} could have been changed by others ({}): load them again into a new schema (--schema)",
+            foreign.join("; ")
+        );
     }
     let rows = sqlx::query(
         "SELECT c.oid, pg_catalog.quote_ident(c.relname::text), \
@@ -150,7 +181,10 @@ pub async fn plans(
         if !wanted.is_empty() && !wanted.contains(&live) {
             continue;
         }
-        out.push(plan(c, live, format!("{schema_q}.{name_q}"), beside_oid).await?);
+        super::in_scope(std::slice::from_ref(&live), config)?;
+        let p = plan(c, live, format!("{schema_q}.{name_q}"), beside_oid).await?;
+        refuse_foreign_code(c, &p.live, writes).await?;
+        out.push(p);
     }
     for w in &wanted {
         if !out.iter().any(|p| p.live == *w) {
@@ -158,6 +192,74 @@ pub async fn plans(
         }
     }
     Ok(out)
+}
+
+/// Refuses a live table whose comparison or revert would run code a
+/// non-superuser owns as cutterctl's (superuser) session: a cast from
+/// its row type or any column type (through domains, arrays, composites
+/// and ranges), a function in a domain's CHECK, and, the table's own
+/// triggers, rules, constraints, indexes and generated columns. With
+/// `writes`, also a foreign key into it that cascades (a revert would
+/// change rows it does not name).
+pub async fn refuse_foreign_code(
+    c: &mut PgConnection,
+    table: &TableName,
+    writes: bool,
+) -> anyhow::Result<()> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE rel AS ( \
+           SELECT c.oid, c.reltype FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           WHERE n.nspname = $1 AND c.relname = $2), \
+         types(t) AS ( \
+           SELECT reltype FROM rel \
+           UNION SELECT a.atttypid FROM pg_catalog.pg_attribute a, rel WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped \
+           UNION SELECT x.u FROM types JOIN LATERAL ( \
+               SELECT y.typbasetype AS u FROM pg_catalog.pg_type y WHERE y.oid = types.t AND y.typbasetype <> 0 \
+               UNION ALL SELECT y.typelem FROM pg_catalog.pg_type y WHERE y.oid = types.t AND y.typelem <> 0 \
+               UNION ALL SELECT a.atttypid FROM pg_catalog.pg_type y JOIN pg_catalog.pg_attribute a ON a.attrelid = y.typrelid \
+                 WHERE y.oid = types.t AND y.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped \
+               UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = types.t) x ON true), \
+         objs(classid, objid) AS ( \
+           SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, g.oid FROM pg_catalog.pg_trigger g, rel WHERE g.tgrelid = rel.oid AND NOT g.tgisinternal \
+           UNION ALL SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass, w.oid FROM pg_catalog.pg_rewrite w, rel WHERE w.ev_class = rel.oid \
+           UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid FROM pg_catalog.pg_constraint k, rel WHERE k.conrelid = rel.oid \
+           UNION ALL SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid FROM pg_catalog.pg_index i, rel WHERE i.indrelid = rel.oid \
+           UNION ALL SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, d.oid FROM pg_catalog.pg_attrdef d, rel WHERE d.adrelid = rel.oid \
+           UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid FROM pg_catalog.pg_constraint k WHERE k.contypid IN (SELECT t FROM types)) \
+         SELECT pg_catalog.format('%s uses %s, owned by %s', pg_catalog.pg_describe_object(d.classid, d.objid, 0), p.oid::pg_catalog.regprocedure, r.rolname) \
+         FROM objs o JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
+           AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+         JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE NOT r.rolsuper \
+         UNION ALL \
+         SELECT pg_catalog.format('%s uses operator %s (%s), owned by %s', pg_catalog.pg_describe_object(d.classid, d.objid, 0), \
+                op.oid::pg_catalog.regoperator, p.oid::pg_catalog.regprocedure, r.rolname) \
+         FROM objs o JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid \
+           AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+         JOIN pg_catalog.pg_operator op ON op.oid = d.refobjid JOIN pg_catalog.pg_proc p ON p.oid = op.oprcode \
+         JOIN pg_catalog.pg_roles r ON r.oid = p.proowner WHERE NOT r.rolsuper \
+         UNION ALL \
+         SELECT pg_catalog.format('cast %s uses %s, owned by %s', pg_catalog.pg_describe_object('pg_catalog.pg_cast'::pg_catalog.regclass, k.oid, 0), \
+                p.oid::pg_catalog.regprocedure, r.rolname) \
+         FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc JOIN pg_catalog.pg_roles r ON r.oid = p.proowner \
+         WHERE k.castsource IN (SELECT t FROM types) AND NOT r.rolsuper \
+         UNION ALL \
+         SELECT pg_catalog.format('foreign key %I of %s into it cascades', k.conname, k.conrelid::pg_catalog.regclass) \
+         FROM pg_catalog.pg_constraint k, rel WHERE $3 AND k.contype = 'f' AND k.confrelid = rel.oid \
+           AND (k.confdeltype NOT IN ('a', 'r') OR k.confupdtype NOT IN ('a', 'r')) \
+         LIMIT 10",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(writes)
+    .fetch_all(c)
+    .await?;
+    if !found.is_empty() {
+        bail!(
+            "{table}: refusing, because {} (code a non-superuser owns would run in cutterctl's session, or rows it does not name would change); compare or revert it by hand",
+            found.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// The comment `--beside-live` sets on each table: where it came from.
@@ -287,7 +389,7 @@ pub fn sql(p: &Plan, kinds: &[&str]) -> String {
     };
     format!(
         "SELECT * FROM ({inner}) d WHERE d.kind IN ({kinds}) \
-         AND ($1::jsonb[] IS NULL OR COALESCE(d.key, d.old, d.new) = ANY ($1::jsonb[])) ORDER BY d.key_text, d.old_lit, d.new_lit"
+         AND ($1::text[] IS NULL OR COALESCE(d.key, d.old, d.new) = ANY ($1::text[]::jsonb[])) ORDER BY d.key_text, d.old_lit, d.new_lit"
     )
 }
 
@@ -373,8 +475,7 @@ pub async fn changes(
     let text = sql(p, kinds);
     let keys: Option<Vec<String>> = keys.map(<[String]>::to_vec);
     let q = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT kind, key::text, columns, old::text, new::text, count, live_count, old_lit, new_lit, key_cond FROM ({}) s",
-        text.replace("$1::jsonb[]", "$1::text[]::jsonb[]")
+        "SELECT kind, key::text, columns, old::text, new::text, count, live_count, old_lit, new_lit, key_cond FROM ({text}) s"
     )))
     .bind(keys);
     let mut rows = q.fetch(c);
@@ -415,7 +516,7 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
     let mask = Mask::new(&d.mask);
     block(async {
         let mut c = live.session().await?;
-        let plans = plans(&mut c, &schema, &id, &d.tables).await?;
+        let plans = plans(&mut c, &schema, &id, &d.tables, &config, false).await?;
         let all = ["inserted", "deleted", "updated"];
         let mut total = 0;
         if !json && !d.csv {
@@ -454,12 +555,14 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
 async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     let mut lines = Vec::new();
+    let mut changed_tables = 0usize;
     for p in plans {
         let sql = format!(
             "SELECT kind, pg_catalog.sum(count)::int8 FROM ({}) s GROUP BY kind",
-            sql(p, &["inserted", "deleted", "updated"]).replace("$1::jsonb[]", "NULL::jsonb[]")
+            sql(p, &["inserted", "deleted", "updated"])
         );
         let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(None::<Vec<String>>)
             .fetch_all(&mut *c)
             .await
             .with_context(|| format!("comparing {}", p.live))?;
@@ -468,6 +571,7 @@ async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
         for (k, v) in [("inserted", i), ("deleted", dl), ("updated", u)] {
             *totals.entry(k.to_owned()).or_default() += v;
         }
+        changed_tables += usize::from(i + dl + u > 0);
         lines.push(format!(
             " {:<48} | {:>7} (+{i} -{dl} ~{u}){}",
             crate::output::clean(&p.live.to_string()),
@@ -482,7 +586,6 @@ async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
     for l in &lines {
         println!("{l}");
     }
-    let changed_tables = lines.iter().filter(|l| !l.contains("|       0 ")).count();
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
     println!(
         " {} of {} tables changed: {} inserted, {} deleted, {} updated since the backup",

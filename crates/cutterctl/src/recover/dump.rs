@@ -4,12 +4,16 @@
 //! other line of the dump is skipped unread.
 //!
 //! A block starts with `COPY schema.table (col, …) FROM stdin;` (names as
-//! pg_dump quotes them) and ends with a line `\.`; in text format a row is
-//! one line (newlines in values are escaped), so a row can never be `\.`.
+//! pg_dump quotes them) on a line that starts outside every string and
+//! comment (`sqllex`: a comment can hold a header-looking line), and ends
+//! with a line `\.`; in text format a row is one line (newlines in values
+//! are escaped), so a row can never be `\.`. Rows of a block the caller
+//! does not read are skipped as rows, never looked at as headers.
 
 use std::io::BufRead;
 
 use cutter_core::config::TableName;
+use cutter_core::sqllex::SqlLexer;
 
 /// A COPY block's header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub struct Header {
 pub struct Blocks<R> {
     inner: R,
     line: Vec<u8>,
+    sql: SqlLexer,
+    in_block: bool,
 }
 
 impl<R: BufRead> Blocks<R> {
@@ -32,18 +38,27 @@ impl<R: BufRead> Blocks<R> {
         Self {
             inner,
             line: Vec::new(),
+            sql: SqlLexer::new(),
+            in_block: false,
         }
     }
 
     /// The next block's header, skipping everything outside blocks;
     /// `None` at the end of the dump.
     pub fn next_header(&mut self) -> std::io::Result<Option<Header>> {
+        while self.in_block {
+            self.next_row()?;
+        }
         loop {
             self.line.clear();
             if self.inner.read_until(b'\n', &mut self.line)? == 0 {
                 return Ok(None);
             }
-            if let Some(h) = parse_header(trim_eol(&self.line)) {
+            self.sql.feed(&self.line);
+            if self.sql.line_began_at_top()
+                && let Some(h) = parse_header(trim_eol(&self.line))
+            {
+                self.in_block = true;
                 return Ok(Some(h));
             }
         }
@@ -52,11 +67,12 @@ impl<R: BufRead> Blocks<R> {
     /// The next row line of the current block, with its newline; `None`
     /// at its `\.` (or at the end of a truncated dump).
     pub fn next_row(&mut self) -> std::io::Result<Option<&[u8]>> {
-        self.line.clear();
-        if self.inner.read_until(b'\n', &mut self.line)? == 0 {
+        if !self.in_block {
             return Ok(None);
         }
-        if trim_eol(&self.line) == b"\\." {
+        self.line.clear();
+        if self.inner.read_until(b'\n', &mut self.line)? == 0 || trim_eol(&self.line) == b"\\." {
+            self.in_block = false;
             return Ok(None);
         }
         if !self.line.ends_with(b"\n") {
@@ -137,6 +153,21 @@ mod tests {
         assert!(parse_header(b"COPY s.t (a) FROM stdin").is_none());
         assert!(parse_header(b"SELECT 1;").is_none());
         assert!(parse_header(b"COPY s.t (a) TO stdout;").is_none());
+    }
+
+    #[test]
+    fn skipped_rows_and_strings_never_open_a_block() {
+        let dump = "COMMENT ON TABLE s.a IS 'x\nCOPY s.t (a) FROM stdin;\nforged\n\\.\n';\n\
+                    COPY s.skip (a) FROM stdin;\nCOPY s.t (a) FROM stdin;\n\\.\n\
+                    COPY s.t (a) FROM stdin;\nreal\n\\.\n";
+        let mut b = Blocks::new(dump.as_bytes());
+        let h = b.next_header().expect("read").expect("first");
+        assert_eq!(h.table.to_string(), "s.skip");
+        let h = b.next_header().expect("read").expect("second");
+        assert_eq!(h.table.to_string(), "s.t");
+        assert_eq!(b.next_row().expect("read"), Some(&b"real\n"[..]));
+        assert_eq!(b.next_row().expect("read"), None);
+        assert_eq!(b.next_header().expect("read"), None);
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct BesideArgs {
     /// The schema beside live (default cutter_restore_<run_id>).
     #[arg(long)]
     pub schema: Option<String>,
-    /// The role that owns the new schema and tables (default: the --live
-    /// URL's role).
+    /// A role that may read the new schema and tables. They stay owned by
+    /// the --live URL's role: an owner could rewrite the pre-write rows a
+    /// revert then writes back.
     #[arg(long)]
     pub owner: Option<String>,
 }
@@ -71,8 +72,11 @@ impl BesideArgs {
     }
 
     /// The tables chosen with `--table`, each in the manifest; default all.
-    pub fn chosen(&self, manifest: &Manifest) -> anyhow::Result<Vec<TableName>> {
+    /// Every one must be in the config's `backup.tables`: a signed manifest
+    /// naming another table (a catalog) is not a run of ours.
+    pub fn chosen(&self, manifest: &Manifest, config: &Config) -> anyhow::Result<Vec<TableName>> {
         let all: Vec<TableName> = manifest.tables.iter().map(|t| t.table.clone()).collect();
+        in_scope(&all, config)?;
         if self.tables.is_empty() {
             return Ok(all);
         }
@@ -94,6 +98,19 @@ impl BesideArgs {
         }
         Ok(out)
     }
+}
+
+/// Refuses any table outside the config's `backup.tables`.
+pub fn in_scope(tables: &[TableName], config: &Config) -> anyhow::Result<()> {
+    let scope = config.tables().map_err(anyhow::Error::msg)?;
+    for t in tables {
+        if !scope.contains(t) {
+            bail!(
+                "{t} is not in backup.tables of the config: recovery only touches the tables in scope; nothing was done"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The live database, recognised as the one the backup was taken from.

@@ -86,7 +86,7 @@ pub fn run(r: &Revert, socket: &Path) -> anyhow::Result<bool> {
     let mut spool = tempfile::tempfile().context("creating an unnamed temp file")?;
     let (steps, tables) = block(async {
         let mut c = live.session().await?;
-        let mut plans = plans(&mut c, &schema, &id, &r.tables).await?;
+        let mut plans = plans(&mut c, &schema, &id, &r.tables, &config, true).await?;
         if let Some(k) = &keys {
             plans.retain(|p| k.contains_key(&p.live));
         }
@@ -240,7 +240,7 @@ fn statement(p: &Plan, ch: &Change) -> anyhow::Result<Step> {
         ),
         (Some(key), "deleted") => (
             format!(
-                "INSERT INTO {t} ({cols}) SELECT {r_cols} {} WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {key}) RETURNING 1",
+                "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {r_cols} {} WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {key}) RETURNING 1",
                 from_old(&need(&ch.old_lit, "pre-write row")?)
             ),
             1,
@@ -281,7 +281,7 @@ fn statement(p: &Plan, ch: &Change) -> anyhow::Result<Step> {
             let lit = need(&ch.old_lit, "pre-write row")?;
             (
                 format!(
-                    "INSERT INTO {t} ({cols}) SELECT {r_cols} {}, pg_catalog.generate_series(1, {n}) \
+                    "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {r_cols} {}, pg_catalog.generate_series(1, {n}) \
                      WHERE (SELECT pg_catalog.count(*) FROM {t} AS v WHERE v::text = {lit}) = {live} RETURNING 1",
                     from_old(&lit),
                     n = ch.count,
@@ -336,6 +336,12 @@ fn write_sql(path: &Path, id: &RunId, spool: File, steps: u64) -> anyhow::Result
          SET standard_conforming_strings = on;\n\
          SET client_encoding = 'UTF8';\n\
          SET search_path = pg_catalog;\n\
+         SET datestyle = 'ISO, YMD';\n\
+         SET intervalstyle = 'postgres';\n\
+         SET timezone = 'UTC';\n\
+         SET extra_float_digits = 3;\n\
+         SET bytea_output = 'hex';\n\
+         SET array_nulls = on;\n\
          BEGIN;\n\
          CREATE FUNCTION pg_temp.cutter_expect(got bigint, want bigint, what text) RETURNS void LANGUAGE plpgsql AS \
          $cutter$BEGIN IF got <> want THEN RAISE EXCEPTION 'revert conflict (% rows where % were expected): %', got, want, what; END IF; END$cutter$;"

@@ -116,7 +116,7 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
         let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
         decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut plain)?;
         plain.rewind()?;
-        crate::recover::beside::load(&live, &r.beside, &id, &manifest, plain)?;
+        crate::recover::beside::load(&live, &r.beside, &id, &manifest, &config, plain)?;
         return Ok(true);
     }
     if let Some(path) = &r.to_file {
