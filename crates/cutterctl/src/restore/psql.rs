@@ -111,6 +111,10 @@ struct Restricted<R> {
     pos: usize,
     in_copy: bool,
     line: Vec<u8>,
+    /// Where the SQL outside COPY blocks is: a header-looking line inside
+    /// a comment's string is not a COPY (it would hide the dump's own
+    /// `\unrestrict` from the filter, failing an honest restore).
+    sql: cutter_core::sqllex::SqlLexer,
 }
 
 impl<R: BufRead> Restricted<R> {
@@ -121,6 +125,7 @@ impl<R: BufRead> Restricted<R> {
             pos: 0,
             in_copy: false,
             line: Vec::new(),
+            sql: cutter_core::sqllex::SqlLexer::new(),
         }
     }
 
@@ -135,10 +140,14 @@ impl<R: BufRead> Restricted<R> {
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if self.in_copy {
                 self.in_copy = text != b"\\.";
-            } else if is_copy_from_stdin(text) {
-                self.in_copy = true;
-            } else if is_restrict_line(text) {
-                continue;
+            } else {
+                self.sql.feed(&self.line);
+                let top = self.sql.line_began_at_top();
+                if top && is_copy_from_stdin(text) {
+                    self.in_copy = true;
+                } else if top && is_restrict_line(text) {
+                    continue;
+                }
             }
             return Ok(Some(std::mem::take(&mut self.line)));
         }
@@ -252,6 +261,15 @@ mod tests {
         assert!(
             conninfo.ends_with("options='-c search_path=pg_catalog -c standard_conforming_strings=on -c client_encoding=UTF8'"),
             "{conninfo}"
+        );
+    }
+
+    #[test]
+    fn a_copy_lookalike_inside_a_string_does_not_hide_the_dumps_unrestrict() {
+        let dump = "COMMENT ON TABLE s.a IS 'x\ncopy x from stdin;\n';\n\\unrestrict abc\n";
+        assert_eq!(
+            filtered(dump),
+            "\\restrict KEY1\nCOMMENT ON TABLE s.a IS 'x\ncopy x from stdin;\n';\n"
         );
     }
 
