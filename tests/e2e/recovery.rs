@@ -165,6 +165,14 @@ impl Rec {
             .collect()
     }
 
+    /// `cutterctl revert run1 --live … ARGS`.
+    fn revert(&self, args: &[&str]) -> std::process::Output {
+        self.ctl(&["revert", "run1", "--live", &self.live])
+            .args(args)
+            .output()
+            .expect("cutterctl revert")
+    }
+
     fn diff_json(&self, extra: &[&str]) -> Vec<serde_json::Value> {
         let out = self
             .ctl(&["--json", "diff", "run1", "--live", &self.live])
@@ -260,17 +268,7 @@ fn diff_names_the_runs_changes_and_revert_puts_back_exactly_those_rows() {
 
     // revert --sql: a 0600 file that starts restricted; psql applies it.
     let sql = rec.world.work.path().join("revert.sql");
-    let out = rec
-        .ctl(&[
-            "revert",
-            "run1",
-            "--live",
-            &rec.live,
-            "--sql",
-            sql.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("revert --sql");
+    let out = rec.revert(&["--sql", sql.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
     let mode = std::fs::metadata(&sql).expect("sql").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -297,17 +295,7 @@ fn diff_names_the_runs_changes_and_revert_puts_back_exactly_those_rows() {
     // psql fails and nothing changes.
     rec.world.pg.psql("directus", RUN);
     let sql2 = rec.world.work.path().join("revert2.sql");
-    let out = rec
-        .ctl(&[
-            "revert",
-            "run1",
-            "--live",
-            &rec.live,
-            "--sql",
-            sql2.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("revert --sql");
+    let out = rec.revert(&["--sql", sql2.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
     rec.world.pg.psql(
         "directus",
@@ -330,19 +318,12 @@ fn diff_names_the_runs_changes_and_revert_puts_back_exactly_those_rows() {
         .collect();
     assert_eq!(chosen.len(), 1);
     std::fs::write(&keys, chosen.join("\n")).expect("keys");
-    let out = rec
-        .ctl(&[
-            "revert",
-            "run1",
-            "--live",
-            &rec.live,
-            "--apply",
-            "--no-backup",
-            "--keys",
-            keys.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("revert --keys");
+    let out = rec.revert(&[
+        "--apply",
+        "--no-backup",
+        "--keys",
+        keys.to_str().expect("utf-8"),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         rec.world.pg.psql(
@@ -409,10 +390,7 @@ fn diff_names_the_runs_changes_and_revert_puts_back_exactly_those_rows() {
 
     // The whole revert through the daemon's pre-revert backup: the tables
     // are what they were before the run (parent 4 as the backup had it).
-    let out = rec
-        .ctl(&["revert", "run1", "--live", &rec.live, "--apply"])
-        .output()
-        .expect("revert --apply");
+    let out = rec.revert(&["--apply"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("pre-revert backup revert-run1-"),
@@ -632,17 +610,7 @@ fn generated_and_identity_columns_revert_and_code_others_own_is_refused() {
             "{got:?}"
         );
     }
-    let out = rec
-        .ctl(&[
-            "revert",
-            "run1",
-            "--live",
-            &rec.live,
-            "--apply",
-            "--no-backup",
-        ])
-        .output()
-        .expect("revert");
+    let out = rec.revert(&["--apply", "--no-backup"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         gen_digest(),
@@ -714,19 +682,7 @@ fn generated_and_identity_columns_revert_and_code_others_own_is_refused() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = rec
-        .ctl(&[
-            "revert",
-            "run1",
-            "--live",
-            &rec.live,
-            "--schema",
-            "s_child",
-            "--apply",
-            "--no-backup",
-        ])
-        .output()
-        .expect("revert");
+    let out = rec.revert(&["--schema", "s_child", "--apply", "--no-backup"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("cascades"), "{}", text(&out));
 }

@@ -53,6 +53,23 @@ fn run(mut c: Command) -> std::process::Output {
     c.output().expect("cutterctl restore")
 }
 
+/// `cutterctl restore RUN --into <scratch db>` with the exported key.
+fn restore_into(
+    world: &World,
+    daemon: &crate::harness::Daemon,
+    secret: &Path,
+    run_id: &str,
+    db: &str,
+) -> std::process::Output {
+    run(restore(
+        world,
+        daemon,
+        run_id,
+        secret,
+        &world.pg.scratch_url(db),
+    ))
+}
+
 #[test]
 fn table_names_from_a_resigned_manifest_never_reach_a_shell() {
     let (world, daemon, fpr, secret) = setup("");
@@ -108,13 +125,7 @@ fn table_names_from_a_resigned_manifest_never_reach_a_shell() {
             {"table": format!("cutter_governance.x\\' \\! touch {} #", marker_b.display()), "rows": 0},
         ]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "scs",
-        &secret,
-        &world.pg.scratch_url("s_scs"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "scs", "s_scs");
     assert!(!marker_b.exists(), "vector B ran a shell command as root");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
@@ -127,24 +138,12 @@ fn table_names_from_a_resigned_manifest_never_reach_a_shell() {
         "ALTER ROLE CURRENT_USER SET standard_conforming_strings = off;\n",
         serde_json::json!([]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "scs2",
-        &secret,
-        &world.pg.scratch_url("s_scs2"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "scs2", "s_scs2");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(role_state(&world), "false|true|0");
 
     // An honest restore still works, every table equal to the source.
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_real"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_real");
     assert!(out.status.success(), "{}", text(&out));
     let digest = |db: &str, t: &str| {
         world.pg.psql(
@@ -187,13 +186,7 @@ fn a_database_someone_else_prepared_is_refused() {
             "GRANT CREATE ON SCHEMA cutter_governance TO PUBLIC",
         ],
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("directus_restore"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "directus_restore");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("database directus_restore is owned by eve"),
@@ -222,13 +215,7 @@ fn a_database_someone_else_prepared_is_refused() {
     // functions there for a later superuser session, or swap tables).
     world.pg.psql("postgres", "CREATE DATABASE s_pub");
     world.pg.psql("s_pub", "ALTER SCHEMA public OWNER TO eve");
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_pub"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_pub");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("is not empty") && text(&out).contains("schema public is owned by eve"),
@@ -247,13 +234,7 @@ fn a_database_someone_else_prepared_is_refused() {
          CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';\n",
         serde_json::json!([{"table": "cutter_governance.t", "rows": 0}]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "grants",
-        &secret,
-        &world.pg.scratch_url("s_grants"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "grants", "s_grants");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("granted to PUBLIC") && text(&out).contains("SECURITY DEFINER"),
@@ -271,13 +252,7 @@ fn a_database_someone_else_prepared_is_refused() {
 fn nobody_else_holds_the_load_role() {
     let (world, daemon, fpr, secret) = setup("");
     backup(&daemon, "real");
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_first"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_first");
     assert!(out.status.success(), "{}", text(&out));
 
     // A member (as a CREATEROLE role holds on PostgreSQL 16+) could SET
@@ -286,13 +261,7 @@ fn nobody_else_holds_the_load_role() {
         "postgres",
         "CREATE ROLE eve LOGIN; GRANT cutter_restore TO eve",
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_second"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_second");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("eve is a member of cutter_restore"),
@@ -377,13 +346,7 @@ fn the_load_role_keeps_nothing_a_dump_set_or_a_failure_left() {
          ALTER ROLE CURRENT_USER PASSWORD 'known-to-the-attacker';\n",
         serde_json::json!([]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "settings",
-        &secret,
-        &world.pg.scratch_url("s_settings"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "settings", "s_settings");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         role_state(&world),
@@ -407,13 +370,7 @@ fn the_load_role_keeps_nothing_a_dump_set_or_a_failure_left() {
         "postgres",
         "ALTER ROLE cutter_restore LOGIN PASSWORD 'stale'",
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_full"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_full");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("is not empty"), "{}", text(&out));
     assert_eq!(role_state(&world), "false|true|0");
@@ -434,13 +391,7 @@ fn files_that_decide_what_root_runs_must_be_roots() {
         .permissions()
         .mode();
     mode(&config, 0o664);
-    let out = run(restore(
-        &world,
-        &daemon,
-        "real",
-        &secret,
-        &world.pg.scratch_url("s_cfg"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "real", "s_cfg");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("chmod go-w {}", config.display())),
@@ -524,13 +475,7 @@ fn a_dump_cannot_act_after_its_load() {
          ALTER DATABASE s_hook IS_TEMPLATE true;\n",
         serde_json::json!([{"table": "cutter_governance.t", "rows": 1}]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "hook",
-        &secret,
-        &world.pg.scratch_url("s_hook"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "hook", "s_hook");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("function cutter_governance.hook()"),
@@ -556,13 +501,7 @@ fn a_dump_cannot_act_after_its_load() {
          CREATE POLICY p ON cutter_governance.t USING (a = 1);\n",
         serde_json::json!([{"table": "cutter_governance.t", "rows": 1}]),
     );
-    let out = run(restore(
-        &world,
-        &daemon,
-        "rls",
-        &secret,
-        &world.pg.scratch_url("s_rls"),
-    ));
+    let out = restore_into(&world, &daemon, &secret, "rls", "s_rls");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("row-level security"), "{}", text(&out));
     assert!(!text(&out).contains("RESTORE: OK"), "{}", text(&out));

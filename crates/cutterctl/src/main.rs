@@ -267,18 +267,7 @@ async fn run(args: Args) -> ExitCode {
         // end cutterctl: SIGINT still reaches psql (same process group),
         // which stops, so the restore fails and the role is locked.
         let _held = hold_signals();
-        return match tokio::task::spawn_blocking(move || restore::run(&r)).await {
-            Ok(Ok(true)) => ExitCode::SUCCESS,
-            Ok(Ok(false)) => ExitCode::from(EXIT_FAILED),
-            Ok(Err(e)) => {
-                eprintln!("cutterctl restore: {}", output::clean(&format!("{e:#}")));
-                ExitCode::from(EXIT_FAILED)
-            }
-            Err(e) => {
-                eprintln!("cutterctl restore: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
-        };
+        return blocking("restore", move || restore::run(&r)).await;
     }
     if let Command::Diff(d) = args.command {
         let json = args.json;

@@ -203,15 +203,7 @@ pub async fn live_columns(
     c: &mut PgConnection,
     table: &TableName,
 ) -> anyhow::Result<Option<Vec<String>>> {
-    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-    )
-    .bind(&table.schema)
-    .bind(&table.name)
-    .fetch_optional(&mut *c)
-    .await?;
-    let Some(oid) = oid else {
+    let Some(oid) = super::table_oid(c, table).await? else {
         return Ok(None);
     };
     let cols: Vec<String> = sqlx::query_scalar(

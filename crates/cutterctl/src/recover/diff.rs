@@ -16,7 +16,6 @@
 //! `key` (and `row`). `--csv`: the same fields, JSON-encoded cells.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use cutter_core::config::{Config, TableName};
@@ -25,7 +24,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use tokio_stream::StreamExt;
 
-use super::{BesideArgs, Live, SCHEMA_MARKER, marker, schema_comment};
+use super::{Live, SCHEMA_MARKER, marker, schema_comment};
 use crate::restore::scratch::block;
 
 /// `cutterctl diff …`.
@@ -33,15 +32,8 @@ use crate::restore::scratch::block;
 pub struct Diff {
     /// The run.
     pub run_id: String,
-    /// The live database (as for `restore --beside-live`).
-    #[arg(long)]
-    pub live: String,
-    /// Only these tables (schema.table, repeatable).
-    #[arg(long = "table")]
-    pub tables: Vec<String>,
-    /// The schema `restore --beside-live` loaded (default cutter_restore_<run_id>).
-    #[arg(long)]
-    pub schema: Option<String>,
+    #[command(flatten)]
+    pub on: super::On,
     /// One line per changed row as CSV (table,kind,key,columns,old,new).
     #[arg(long, conflicts_with = "keys_only")]
     pub csv: bool,
@@ -52,21 +44,6 @@ pub struct Diff {
     /// `schema.table.column`).
     #[arg(long = "mask")]
     pub mask: Vec<String>,
-    /// The daemon's config (which database is live).
-    #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
-}
-
-impl Diff {
-    /// The `BesideArgs` these flags mean.
-    pub fn beside(&self) -> BesideArgs {
-        BesideArgs {
-            live: Some(self.live.clone()),
-            tables: self.tables.clone(),
-            schema: self.schema.clone(),
-            owner: None,
-        }
-    }
 }
 
 /// One column of a live table, as the server quotes it.
@@ -271,15 +248,7 @@ async fn plan(
     beside_q: String,
     beside_oid: sqlx::postgres::types::Oid,
 ) -> anyhow::Result<Plan> {
-    let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-    )
-    .bind(&live.schema)
-    .bind(&live.name)
-    .fetch_optional(&mut *c)
-    .await?;
-    let Some(oid) = oid else {
+    let Some(oid) = super::table_oid(c, &live).await? else {
         bail!("{live}: no such table in the live database any more");
     };
     let cols = columns(c, oid).await?;
@@ -509,14 +478,14 @@ pub async fn changes(
 /// says which; an error is exit 1).
 pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
     let id = RunId::parse(&d.run_id)?;
-    let config = Config::load(&d.config)?;
-    let args = d.beside();
+    let config = Config::load(&d.on.config)?;
+    let args = d.on.beside();
     let live = Live::connect(&args, &config)?;
     let schema = args.schema(&id)?;
     let mask = Mask::new(&d.mask);
     block(async {
         let mut c = live.session().await?;
-        let plans = plans(&mut c, &schema, &id, &d.tables, &config, false).await?;
+        let plans = plans(&mut c, &schema, &id, &d.on.tables, &config, false).await?;
         let all = ["inserted", "deleted", "updated"];
         let mut total = 0;
         if !json && !d.csv {

@@ -50,6 +50,36 @@ pub struct BesideArgs {
     pub owner: Option<String>,
 }
 
+/// Where `diff` and `revert` work: the live database, the tables, the
+/// schema `--beside-live` loaded, the config.
+#[derive(Debug, clap::Args)]
+pub struct On {
+    /// The live database (as for `restore --beside-live`).
+    #[arg(long)]
+    pub live: String,
+    /// Only these tables (schema.table, repeatable).
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// The schema `restore --beside-live` loaded (default cutter_restore_<run_id>).
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// The daemon's config (which database is live).
+    #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
+    pub config: std::path::PathBuf,
+}
+
+impl On {
+    /// The `BesideArgs` these flags mean.
+    pub fn beside(&self) -> BesideArgs {
+        BesideArgs {
+            live: Some(self.live.clone()),
+            tables: self.tables.clone(),
+            schema: self.schema.clone(),
+            owner: None,
+        }
+    }
+}
+
 impl BesideArgs {
     /// The schema for `id`: `--schema`, else `cutter_restore_<run_id>`.
     pub fn schema(&self, id: &RunId) -> anyhow::Result<String> {
@@ -168,6 +198,21 @@ impl Live {
     pub async fn session(&self) -> anyhow::Result<PgConnection> {
         connect(&self.target, &self.target.database, &self.target.user, None).await
     }
+}
+
+/// The oid of a plain or partitioned table, or `None`.
+pub async fn table_oid(
+    c: &mut PgConnection,
+    table: &TableName,
+) -> anyhow::Result<Option<sqlx::postgres::types::Oid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_optional(c)
+    .await?)
 }
 
 /// The comment `--beside-live` puts on its schema.

@@ -26,8 +26,8 @@ use cutter_core::runid::RunId;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
+use super::Live;
 use super::diff::{Change, Plan, changes, plans};
-use super::{BesideArgs, Live};
 use crate::restore::scratch::{block, random_token};
 
 /// `cutterctl revert …`.
@@ -35,15 +35,8 @@ use crate::restore::scratch::{block, random_token};
 pub struct Revert {
     /// The run whose changes to undo.
     pub run_id: String,
-    /// The live database (as for `restore --beside-live`).
-    #[arg(long)]
-    pub live: String,
-    /// Only these tables (schema.table, repeatable).
-    #[arg(long = "table")]
-    pub tables: Vec<String>,
-    /// The schema `restore --beside-live` loaded (default cutter_restore_<run_id>).
-    #[arg(long)]
-    pub schema: Option<String>,
+    #[command(flatten)]
+    pub on: super::On,
     /// Only these rows: `cutterctl diff --json --keys-only` output, edited.
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -56,9 +49,6 @@ pub struct Revert {
     /// With --apply: no pre-revert backup through the daemon.
     #[arg(long, requires = "apply")]
     pub no_backup: bool,
-    /// The daemon's config (which database is live).
-    #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
 }
 
 /// One guarded statement: SQL that ends in `RETURNING 1`, how many rows it
@@ -73,20 +63,15 @@ struct Step {
 /// Runs `cutterctl revert`; `Ok(false)` on a conflict (nothing changed).
 pub fn run(r: &Revert, socket: &Path) -> anyhow::Result<bool> {
     let id = RunId::parse(&r.run_id)?;
-    let config = Config::load(&r.config)?;
-    let args = BesideArgs {
-        live: Some(r.live.clone()),
-        tables: r.tables.clone(),
-        schema: r.schema.clone(),
-        owner: None,
-    };
+    let config = Config::load(&r.on.config)?;
+    let args = r.on.beside();
     let live = Live::connect(&args, &config)?;
     let schema = args.schema(&id)?;
     let keys = r.keys.as_deref().map(read_keys).transpose()?;
     let mut spool = tempfile::tempfile().context("creating an unnamed temp file")?;
     let (steps, tables) = block(async {
         let mut c = live.session().await?;
-        let mut plans = plans(&mut c, &schema, &id, &r.tables, &config, true).await?;
+        let mut plans = plans(&mut c, &schema, &id, &r.on.tables, &config, true).await?;
         if let Some(k) = &keys {
             plans.retain(|p| k.contains_key(&p.live));
         }
