@@ -5,6 +5,7 @@
 mod harness;
 
 mod adversarial;
+mod drill;
 mod fail_closed;
 mod faults;
 mod format;

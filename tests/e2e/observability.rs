@@ -154,7 +154,7 @@ fn metrics_pass_promtool_and_the_textfile_follows() {
     run(Command::new(&promtool).args(["check", "rules"]).arg(rules));
 }
 
-fn check_metrics(promtool: &Path, text: &[u8]) {
+pub(crate) fn check_metrics(promtool: &Path, text: &[u8]) {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -4,6 +4,7 @@
 //! no (selftest FAIL, backup refused or failed, incomplete envelope); 2 bad
 //! usage; 3 the daemon cannot be reached.
 
+mod drill;
 mod offsite;
 mod output;
 mod progress;
@@ -122,6 +123,9 @@ enum Command {
     /// Put back exactly the rows a run changed, guarded, in one
     /// transaction: as SQL to review (--sql FILE) or now (--apply).
     Revert(recover::revert::Revert),
+    /// Prove the newest backup restores: restore it into a scratch database
+    /// cutterctl names, compare every count, drop it; exit 0 PASS, 1 FAIL.
+    Drill(drill::Drill),
     /// Shell completions or the man page, for packaging and deploy steps.
     #[command(subcommand, hide = true)]
     Generate(Generate),
@@ -273,6 +277,11 @@ async fn run(args: Args) -> ExitCode {
         let json = args.json;
         return blocking("diff", move || recover::diff::run(&d, json)).await;
     }
+    if let Command::Drill(d) = args.command {
+        let json = args.json;
+        let _held = hold_signals();
+        return blocking("drill", move || drill::run(&d, json)).await;
+    }
     if let Command::Revert(r) = args.command {
         let socket = args.socket.clone();
         let _held = hold_signals();
@@ -366,7 +375,11 @@ async fn run(args: Args) -> ExitCode {
             })
             .await
             .map(|_| ExitCode::SUCCESS),
-        Command::Restore(_) | Command::Diff(_) | Command::Revert(_) | Command::Generate(_) => {
+        Command::Restore(_)
+        | Command::Diff(_)
+        | Command::Revert(_)
+        | Command::Drill(_)
+        | Command::Generate(_) => {
             unreachable!("handled above")
         }
     };

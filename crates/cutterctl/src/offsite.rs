@@ -97,6 +97,17 @@ async fn runs(o: &Offsite, host: Option<&str>) -> anyhow::Result<Vec<RemoteRun>>
     Ok(out)
 }
 
+/// The newest complete run of `host` in the bucket (by the time its
+/// artifact was written); authenticated later, by whoever fetches it.
+pub async fn newest_complete(o: &Offsite, host: &str) -> anyhow::Result<Option<RunId>> {
+    let all = runs(o, Some(host)).await?;
+    Ok(all
+        .into_iter()
+        .filter(|r| r.host == host && r.state == "complete")
+        .max_by(|a, b| (&a.modified, &a.run_id).cmp(&(&b.modified, &b.run_id)))
+        .and_then(|r| RunId::parse(&r.run_id).ok()))
+}
+
 /// `cutterctl list --offsite`: every host's runs in the bucket (listed, not
 /// verified: `verify --offsite` authenticates).
 pub async fn list(config: &Path, as_json: bool) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ pub(crate) mod scratch;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cutter_core::config::Config;
@@ -132,15 +133,88 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
     let Some(target) = target else {
         bail!("no target");
     };
+    let db = target.database.clone();
+    let (counts, _, _) = into_scratch(
+        r, &config, target, &id, &manifest, artifact, &keys, passphrase,
+    )?;
+    Ok(compare(&manifest, &counts, &db))
+}
+
+/// What a measured scratch restore found (for `cutterctl drill`).
+pub struct Outcome {
+    /// The authenticated manifest.
+    pub manifest: Manifest,
+    /// Rows per table as restored.
+    pub counts: Counts,
+    /// Verifying (and, from the bucket, downloading) the run.
+    pub fetch: Duration,
+    /// Decrypting it.
+    pub decrypt: Duration,
+    /// Loading it and counting.
+    pub load: Duration,
+    /// Fingerprints of the supplied secret keys the artifact is encrypted to.
+    pub keys: Vec<String>,
+}
+
+/// `restore --into` with its phases timed: verify, decrypt, load, count.
+pub fn measured(r: &Restore) -> anyhow::Result<Outcome> {
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let id = RunId::parse(&r.run_id)?;
+    let config = Config::load(&r.config)?;
+    let target =
+        ConnTarget::parse(r.into.as_deref().unwrap_or_default(), None).context("--into")?;
+    let started = Instant::now();
+    let (manifest, artifact) = authenticated(r, &config, &id)?;
+    let fetch = started.elapsed();
+    let Some(secret_key) = &r.secret_key else {
+        bail!("--secret-key FILE is needed to decrypt");
+    };
+    let keys = read_secret_keys(secret_key).map_err(anyhow::Error::msg)?;
+    let used: Vec<String> = keys
+        .iter()
+        .map(|c| c.fingerprint().to_hex())
+        .filter(|f| manifest.recipients.iter().any(|r| r.fingerprint == *f))
+        .collect();
+    let passphrase = passphrase(r, &keys)?;
+    let (counts, decrypt, load) = into_scratch(
+        r, &config, target, &id, &manifest, artifact, &keys, passphrase,
+    )?;
+    Ok(Outcome {
+        manifest,
+        counts,
+        fetch,
+        decrypt,
+        load,
+        keys: used,
+    })
+}
+
+/// Decrypts all of the artifact, then loads it into the scratch database
+/// in the box (`scratch.rs`); the counts, and how long decrypting and
+/// loading took.
+#[allow(clippy::too_many_arguments)]
+fn into_scratch(
+    r: &Restore,
+    config: &Config,
+    target: ConnTarget,
+    id: &RunId,
+    manifest: &Manifest,
+    artifact: File,
+    keys: &[Cert],
+    passphrase: Option<Password>,
+) -> anyhow::Result<(Counts, Duration, Duration)> {
     let loader = Loader::new(r.psql.clone())?;
     let scratch = Scratch::new(target, &r.load_role, r.live_database_gone)?;
-    scratch.refuse_live(live_target(&config).as_ref())?;
+    scratch.refuse_live(live_target(config).as_ref())?;
     // Decrypt all of it before anything loads: a failed MDC or a checksum
     // mismatch then creates and commits nothing. The plaintext goes to an
     // unnamed file (O_TMPFILE): no name anyone could swap or read.
+    let started = Instant::now();
     let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
-    decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut plain)?;
+    decrypt_checked(artifact, id, manifest, keys, passphrase, &mut plain)?;
     plain.rewind()?;
+    let decrypted = started.elapsed();
+    let started = Instant::now();
     let tables: Vec<_> = manifest.tables.iter().map(|t| t.table.clone()).collect();
     let mut role = scratch.prepare()?;
     let counts = (|| {
@@ -168,11 +242,11 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
         }
     };
     locked?;
-    Ok(compare(&manifest, &counts, &scratch.target.database))
+    Ok((counts, decrypted, started.elapsed()))
 }
 
 /// Prints manifest vs restored counts; `false` when any differs.
-fn compare(manifest: &Manifest, counts: &Counts, database: &str) -> bool {
+pub fn compare(manifest: &Manifest, counts: &Counts, database: &str) -> bool {
     println!("{:<50} {:>12} {:>12}", "table", "manifest", "restored");
     let mut all_match = manifest.tables.len() == counts.len();
     for (t, (table, got)) in manifest.tables.iter().zip(counts) {

@@ -519,6 +519,24 @@ impl Drop for LoadRole<'_> {
     }
 }
 
+/// Drops a scratch database and its load role (a drill's, when it is done),
+/// clearing the template flag a dump may have set first. Missing ones are
+/// fine.
+pub async fn discard(cluster: &ConnTarget, database: &str, role: &str) -> anyhow::Result<()> {
+    let mut admin = connect(cluster, MAINTENANCE_DB, &cluster.user, None).await?;
+    reset_database(&mut admin, database).await?;
+    run_formatted(
+        &mut admin,
+        "DROP DATABASE IF EXISTS %I WITH (FORCE)",
+        &[database],
+    )
+    .await?;
+    terminate(&mut admin, role, None).await?;
+    run_formatted(&mut admin, "DROP ROLE IF EXISTS %I", &[role])
+        .await
+        .with_context(|| format!("dropping the load role {role} (does it own another database?)"))
+}
+
 /// A session with cutterctl's startup options (see the module doc).
 pub(crate) async fn connect(
     target: &ConnTarget,
