@@ -133,11 +133,11 @@ pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
         tables: Vec::new(),
     };
     let result = drill(d, &config, &cluster, &database, &mut rec);
-    if !d.keep {
-        if let Err(e) = discard(&cluster, &database, &d.load_role) {
-            rec.verdict = "FAIL";
-            rec.reason = join(&rec.reason, &format!("cleaning up: {e:#}"));
-        }
+    if !d.keep
+        && let Err(e) = discard(&cluster, &database, &d.load_role)
+    {
+        rec.verdict = "FAIL";
+        rec.reason = join(&rec.reason, &format!("cleaning up: {e:#}"));
     }
     match result {
         Ok(()) if rec.reason.is_empty() => rec.verdict = "PASS",
