@@ -71,7 +71,8 @@ for b in cutter-backupd cutterctl; do
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/$b"
 done
 
-install -m 0644 deploy/cutter-backupd.service deploy/cutter-backupd.socket "$pkg/usr/lib/systemd/system/"
+install -m 0644 deploy/cutter-backupd.service deploy/cutter-backupd.socket deploy/cutter-drill.service deploy/cutter-drill.timer \
+  "$pkg/usr/lib/systemd/system/"
 install -m 0644 deploy/cutter-backup.sysusers.conf "$pkg/usr/lib/sysusers.d/cutter-backup.conf"
 install -m 0644 deploy/cutter-backup.tmpfiles.conf "$pkg/usr/lib/tmpfiles.d/cutter-backup.conf"
 # No secret lives in the config (the password is a systemd credential), so

@@ -255,20 +255,30 @@ fn units_are_hardened_and_verify_clean() {
 
     // verify checks that ExecStart exists: point it at the binary just built.
     let dir = tempfile::tempdir().expect("tempdir");
-    for unit in ["cutter-backupd.service", "cutter-backupd.socket"] {
+    let units = [
+        "cutter-backupd.service",
+        "cutter-backupd.socket",
+        "cutter-drill.service",
+        "cutter-drill.timer",
+    ];
+    for unit in units {
         let text = std::fs::read_to_string(root.join("deploy").join(unit)).expect("unit");
-        let text = text.replace(
-            "/usr/bin/cutter-backupd",
-            &workspace_bin("cutter-backupd").display().to_string(),
-        );
+        let text = text
+            .replace(
+                "/usr/bin/cutter-backupd",
+                &workspace_bin("cutter-backupd").display().to_string(),
+            )
+            .replace(
+                "/usr/bin/cutterctl",
+                &workspace_bin("cutterctl").display().to_string(),
+            );
         std::fs::write(dir.path().join(unit), text).expect("write unit");
     }
     // --man=no: Documentation= names man:cutter-backupd(8), which the
     // package installs (tests/system/run.sh checks it is in the .deb).
     let out = Command::new(&analyze)
         .args(["verify", "--man=no"])
-        .arg(dir.path().join("cutter-backupd.service"))
-        .arg(dir.path().join("cutter-backupd.socket"))
+        .args(units.iter().map(|u| dir.path().join(u)))
         .output()
         .expect("systemd-analyze verify");
     let stderr = String::from_utf8_lossy(&out.stderr);

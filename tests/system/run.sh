@@ -465,6 +465,22 @@ else
   fail "runbook 8c drop" "rc $rc, schema left '$left_schema': $(brief)"
 fi
 
+drillpass=$(head -c 18 /dev/urandom | base64)
+run_block drill-key "$drillpass"$'\n'
+key_rc=$rc
+run_block drill-enable
+drill_out=$out
+drill_rc=$rc
+drill_left=$(psql_su -At -c "SELECT count(*) FROM pg_database WHERE datname LIKE 'cutter_drill_%'" 2>&1)
+drill_role=$(psql_su -At -c "SELECT count(*) FROM pg_roles WHERE rolname = 'cutter_drill'" 2>&1)
+if [ "$key_rc" = 0 ] && [ "$drill_rc" = 0 ] && grep -q 'VERDICT=PASS' <<<"$drill_out" \
+  && grep -q '^cutter_backup_drill_success 1$' <<<"$drill_out" && [ "$drill_left" = 0 ] && [ "$drill_role" = 0 ] \
+  && in_c test -s /var/lib/cutter-drill/report.md && [ "$(in_c systemctl is-enabled cutter-drill.timer)" = enabled ]; then
+  pass "runbook 8d restore drill: a dedicated key, the timer on, the service once: PASS in the journal and the metrics, nothing left"
+else
+  fail "runbook 8d restore drill" "rc $key_rc/$drill_rc, left '$drill_left' dbs '$drill_role' roles: $(tail -n 6 <<<"$drill_out" | tr '\n' ' ') $(in_c journalctl -u cutter-drill.service -n 8 --no-pager 2>&1 | tr '\n' ' ')"
+fi
+
 run_block retention-config
 cfg_rc=$rc
 run_block retention

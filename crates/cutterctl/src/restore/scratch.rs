@@ -162,7 +162,9 @@ impl Scratch {
         })
         .context("identifying the target server")?;
         if self.live_gone {
-            eprintln!("--live-database-gone: the target is not compared with the live database");
+            eprintln!(
+                "the target is not compared with the live database (--live-database-gone, or a drill's own database)"
+            );
             return Ok(());
         }
         let unknown = |why: String| {
