@@ -127,6 +127,11 @@ fn the_newest_local_backup_restores_and_failures_say_why() {
     assert_eq!(rec["verdict"], "FAIL");
     assert!(!rec["reason"].as_str().unwrap_or("").is_empty(), "{rec}");
     assert_eq!(metric(&world, "cutter_backup_drill_success"), Some(0.0));
+    assert_eq!(rec["stage"], "decrypt", "{rec}");
+    assert_eq!(
+        metric(&world, "cutter_backup_drill_failed{stage=\"decrypt\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         metric(&world, "cutter_backup_drill_last_success_timestamp_seconds"),
         Some(passed_at),
@@ -157,6 +162,11 @@ fn the_newest_local_backup_restores_and_failures_say_why() {
             .contains("cutter_governance.gone"),
         "{rec}"
     );
+    assert_eq!(rec["stage"], "counts", "{rec}");
+    assert_eq!(
+        metric(&world, "cutter_backup_drill_failed{stage=\"counts\"}"),
+        Some(1.0)
+    );
     nothing_left(&world);
 
     // A corrupted artifact (the newest run, so the default pick).
@@ -176,6 +186,7 @@ fn the_newest_local_backup_restores_and_failures_say_why() {
             .contains("verify FAILED"),
         "{rec}"
     );
+    assert_eq!(rec["stage"], "verify", "{rec}");
     let prom = std::fs::read(world.work.path().join("drill.prom")).expect("metrics");
     check_metrics(&promtool, &prom);
     nothing_left(&world);

@@ -81,6 +81,8 @@ struct Record {
     source: &'static str,
     verdict: &'static str,
     reason: String,
+    /// Where a FAIL happened: pick, verify, decrypt, load, counts, cleanup.
+    stage: &'static str,
     started_at: String,
     duration_ms: u64,
     fetch_ms: u64,
@@ -120,6 +122,7 @@ pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
         source: if d.from_offsite { "offsite" } else { "local" },
         verdict: "FAIL",
         reason: String::new(),
+        stage: "",
         started_at: cutter_core::time::rfc3339(started_at),
         duration_ms: 0,
         fetch_ms: 0,
@@ -141,12 +144,35 @@ pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
     }
     match result {
         Ok(()) if rec.reason.is_empty() => rec.verdict = "PASS",
-        Ok(()) => {}
-        Err(e) => rec.reason = join(&format!("{e:#}"), &rec.reason),
+        Ok(()) => rec.stage = "cleanup",
+        Err(e) => {
+            let why = format!("{e:#}");
+            rec.stage = stage(&why);
+            rec.reason = join(&why, &rec.reason);
+        }
     }
     rec.duration_ms = ms(started.elapsed());
     publish(d, &rec, started_at, json)?;
     Ok(rec.verdict == "PASS")
+}
+
+/// Which step a failure message comes from (a metric label, so a small
+/// fixed set).
+fn stage(why: &str) -> &'static str {
+    let has = |w: &str| why.contains(w);
+    if has("row counts differ") {
+        "counts"
+    } else if has("verify FAILED") || has("signature") || has("changed while it was read") {
+        "verify"
+    } else if has("passphrase") || has("decrypt") || has("secret key") || has("MDC") {
+        "decrypt"
+    } else if has("psql") || has("load") || has("scratch database") || has("role") {
+        "load"
+    } else if has("no complete run") {
+        "pick"
+    } else {
+        "other"
+    }
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -345,6 +371,7 @@ fn journal(rec: &Record) {
         ("DRILL_AGE_SECONDS", rec.age_seconds.to_string()),
         ("DRILL_BYTES", rec.bytes.to_string()),
         ("DRILL_REASON", one_line(&rec.reason)),
+        ("DRILL_STAGE", rec.stage.to_owned()),
     ];
     let datagram: String = fields.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     let sent = std::os::unix::net::UnixDatagram::unbound()
@@ -370,7 +397,8 @@ fn report(rec: &Record) -> String {
     ));
     if !rec.reason.is_empty() {
         out.push_str(&format!(
-            "| reason | {} |\n",
+            "| failed at | {} |\n| reason | {} |\n",
+            rec.stage,
             rec.reason.replace('|', "\\|")
         ));
     }
@@ -439,6 +467,13 @@ fn metrics(rec: &Record, at: SystemTime, path: &Path) -> String {
         "1 when the last restore drill passed, else 0.",
         vec![(String::new(), if rec.verdict == "PASS" { 1.0 } else { 0.0 })],
     );
+    if rec.verdict != "PASS" {
+        gauge(
+            "cutter_backup_drill_failed",
+            "1 for the step the last restore drill failed at (the reason is in the journal and the report).",
+            vec![(format!("{{stage=\"{}\"}}", rec.stage), 1.0)],
+        );
+    }
     gauge(
         "cutter_backup_drill_duration_seconds",
         "How long the last restore drill took.",
