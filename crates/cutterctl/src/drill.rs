@@ -103,22 +103,15 @@ struct TableResult {
     restored: Option<i64>,
 }
 
-/// Runs the drill; `Ok(true)` on PASS. A FAIL is recorded everywhere
-/// asked before it is returned.
+/// Runs the drill; `Ok(true)` on PASS. A FAIL, even one before anything
+/// started (a config that does not load), is recorded everywhere asked
+/// before it is returned.
 pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let config = Config::load(&d.config)?;
-    let database = format!("cutter_drill_{}", &scratch::random_token()?[..12]);
-    let cluster = ConnTarget::parse(&d.into_cluster, None).context("--into-cluster")?;
-    let host = match (&d.host, &config.offsite) {
-        (Some(h), _) => h.clone(),
-        (None, Some(_)) if d.from_offsite => crate::offsite::client(&config)?.host,
-        _ => String::new(),
-    };
     let mut rec = Record {
         run_id: d.run_id.clone().unwrap_or_default(),
-        host,
+        host: d.host.clone().unwrap_or_default(),
         source: if d.from_offsite { "offsite" } else { "local" },
         verdict: "FAIL",
         reason: String::new(),
@@ -131,30 +124,59 @@ pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
         bytes: 0,
         age_seconds: 0,
         keys: Vec::new(),
-        database: database.clone(),
+        database: String::new(),
         kept: d.keep,
         tables: Vec::new(),
     };
-    let result = drill(d, &config, &cluster, &database, &mut rec);
-    if !d.keep
-        && let Err(e) = discard(&cluster, &database, &d.load_role)
-    {
-        rec.verdict = "FAIL";
-        rec.reason = join(&rec.reason, &format!("cleaning up: {e:#}"));
-    }
-    match result {
-        Ok(()) if rec.reason.is_empty() => rec.verdict = "PASS",
-        Ok(()) => rec.stage = "cleanup",
-        Err(e) => {
-            let why = format!("{e:#}");
-            rec.stage = stage(&why);
-            rec.reason = join(&why, &rec.reason);
+    let set_up = (|| {
+        let config = Config::load(&d.config)?;
+        let database = format!("cutter_drill_{}", &scratch::random_token()?[..12]);
+        let cluster = ConnTarget::parse(&d.into_cluster, None).context("--into-cluster")?;
+        if d.from_offsite && d.host.is_none() {
+            rec.host = crate::offsite::client(&config)?.host;
         }
+        Ok::<_, anyhow::Error>((config, database, cluster))
+    })();
+    match set_up {
+        Err(e) => {
+            rec.stage = "setup";
+            rec.reason = format!("{e:#}");
+        }
+        Ok((config, database, cluster)) => {
+            rec.database = database.clone();
+            let result = drill(d, &config, &cluster, &database, &mut rec);
+            if !d.keep
+                && let Err(e) = discard(&cluster, &d.load_role)
+            {
+                rec.reason = join(&rec.reason, &format!("cleaning up: {e:#}"));
+            }
+            match result {
+                Ok(()) if rec.reason.is_empty() => rec.verdict = "PASS",
+                Ok(()) => rec.stage = "cleanup",
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    rec.stage = stage(&why);
+                    rec.reason = join(&why, &rec.reason);
+                }
+            }
+        }
+    }
+    // psql's errors can quote row values: the first lines are enough.
+    if rec.reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !rec.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        rec.reason.truncate(end);
+        rec.reason.push('…');
     }
     rec.duration_ms = ms(started.elapsed());
     publish(d, &rec, started_at, json)?;
     Ok(rec.verdict == "PASS")
 }
+
+/// The longest reason recorded (journal datagram, metrics-adjacent report).
+const MAX_REASON: usize = 2048;
 
 /// Which step a failure message comes from (a metric label, so a small
 /// fixed set).
@@ -222,6 +244,27 @@ fn drill(
         host: d.from_offsite.then(|| rec.host.clone()),
     };
     let out = restore_cmd::measured(&r)?;
+    // The vault key must be able to open it too, not only the drill key.
+    let primary = &out.manifest.gpg_fpr;
+    if !out
+        .manifest
+        .recipients
+        .iter()
+        .any(|x| x.fingerprint == *primary)
+    {
+        bail!("verify FAILED: run {id} is not encrypted to its own key {primary}, only to others");
+    }
+    if let Ok(Some((configured, _))) = cutter_core::config::configured_fingerprint(
+        &config.key,
+        cutter_core::setup::Setup::env_fingerprint(),
+    ) && !out
+        .manifest
+        .recipients
+        .iter()
+        .any(|x| x.fingerprint.eq_ignore_ascii_case(&configured))
+    {
+        bail!("verify FAILED: run {id} is not encrypted to the configured key (BACKUP_GPG_FPR)");
+    }
     rec.fetch_ms = ms(out.fetch);
     rec.decrypt_ms = ms(out.decrypt);
     rec.load_ms = ms(out.load);
@@ -265,30 +308,65 @@ fn newest(d: &Drill, config: &Config, host: &str) -> anyhow::Result<RunId> {
             .with_context(|| format!("no complete run of host {host} in the bucket"));
     }
     let store = Store::new(&config.backup.dir)?;
-    // Manifest times have whole seconds: the artifact's mtime breaks ties.
-    let mut best: Option<((String, Option<SystemTime>), RunId)> = None;
+    let now = SystemTime::now();
+    let mut best: Option<(SystemTime, Option<SystemTime>, RunId)> = None;
+    let mut broken: Vec<(Option<SystemTime>, RunId, String)> = Vec::new();
     for e in store.list()? {
-        let ManifestState::Present(m) = e.manifest else {
-            continue;
-        };
-        let Some(sig) = &m.signature else { continue };
-        if cutter_core::signer::verify_detached(&m.bytes, sig, &signers).is_err() {
-            continue;
-        }
         let mtime = std::fs::metadata(store.artifact_path(&e.run_id))
             .and_then(|m| m.modified())
             .ok();
-        let when = (m.manifest.created_at.clone(), mtime);
-        if best.as_ref().is_none_or(|(b, _)| when > *b) {
-            best = Some((when, e.run_id));
+        let m = match e.manifest {
+            ManifestState::Present(m) => m,
+            ManifestState::Missing => {
+                broken.push((mtime, e.run_id, "no manifest".into()));
+                continue;
+            }
+            ManifestState::Bad(why) => {
+                broken.push((mtime, e.run_id, why));
+                continue;
+            }
+        };
+        let signed = m.signature.as_ref().is_some_and(|sig| {
+            cutter_core::signer::verify_detached(&m.bytes, sig, &signers).is_ok()
+        });
+        if !signed {
+            broken.push((mtime, e.run_id, "no signature by a pinned signer".into()));
+            continue;
+        }
+        let Some(created) = cutter_core::time::parse_rfc3339(&m.manifest.created_at) else {
+            broken.push((mtime, e.run_id, "an unreadable created_at".into()));
+            continue;
+        };
+        if created > now + Duration::from_secs(300) {
+            bail!(
+                "run {} says it was made at {}, in the future: the clock was wrong or the manifest is forged; drill it by name once checked",
+                e.run_id,
+                m.manifest.created_at
+            );
+        }
+        // Manifest times have whole seconds: the artifact's mtime breaks ties.
+        if best
+            .as_ref()
+            .is_none_or(|(c, t, _)| (created, mtime) > (*c, *t))
+        {
+            best = Some((created, mtime, e.run_id));
         }
     }
-    best.map(|(_, id)| id).with_context(|| {
-        format!(
+    let Some((_, chosen_mtime, chosen)) = best else {
+        bail!(
             "no complete run signed by a pinned signer in {}",
             config.backup.dir.display()
-        )
-    })
+        );
+    };
+    // A newer run that does not authenticate is the backup that matters
+    // being broken: say so instead of drilling an older one.
+    if let Some((_, id, why)) = broken
+        .iter()
+        .find(|(t, _, _)| t.is_some() && *t > chosen_mtime)
+    {
+        bail!("the newest run {id} does not authenticate ({why}); the newest good one is {chosen}");
+    }
+    Ok(chosen)
 }
 
 /// The cluster's URL with another database.
@@ -313,10 +391,10 @@ fn with_database(cluster: &ConnTarget, database: &str) -> String {
     out
 }
 
-/// Drops the drill's database and role (made by this drill or left by a
-/// failed one).
-fn discard(cluster: &ConnTarget, database: &str, role: &str) -> anyhow::Result<()> {
-    block(scratch::discard(cluster, database, role))
+/// Drops every drill database of the load role (this one, and any a
+/// stopped or `--keep` drill left) and the role, when it is cutterctl's.
+fn discard(cluster: &ConnTarget, role: &str) -> anyhow::Result<()> {
+    block(scratch::discard_drills(cluster, role))
 }
 
 /// The journal entry, `--json` or the text line, the report, the metrics.
@@ -341,7 +419,7 @@ fn publish(d: &Drill, rec: &Record, at: SystemTime, json: bool) -> anyhow::Resul
         );
     }
     if let Some(path) = &d.report {
-        write_atomically(path, report(rec).as_bytes(), 0o644)?;
+        write_atomically(path, report(rec).as_bytes(), 0o640)?;
     }
     if let Some(path) = &d.metrics_textfile {
         let text = metrics(rec, at, path);
@@ -357,7 +435,16 @@ fn journal(rec: &Record) {
     let fields = [
         (
             "MESSAGE",
-            format!("drill {} run_id={}", rec.verdict, one_line(&rec.run_id)),
+            format!(
+                "drill {} run_id={}{}",
+                rec.verdict,
+                one_line(&rec.run_id),
+                if rec.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}: {}", rec.stage, one_line(&rec.reason))
+                }
+            ),
         ),
         (
             "PRIORITY",

@@ -255,7 +255,7 @@ fn hold_signals() -> Vec<tokio::task::JoinHandle<()>> {
     .map(|mut s| {
         tokio::spawn(async move {
             while s.recv().await.is_some() {
-                eprintln!("cutterctl restore: finishing so that the load role is locked first");
+                eprintln!("cutterctl: finishing so that the load role is locked first");
             }
         })
     })

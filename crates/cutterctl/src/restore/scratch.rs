@@ -521,18 +521,37 @@ impl Drop for LoadRole<'_> {
     }
 }
 
-/// Drops a scratch database and its load role (a drill's, when it is done),
-/// clearing the template flag a dump may have set first. Missing ones are
-/// fine.
-pub async fn discard(cluster: &ConnTarget, database: &str, role: &str) -> anyhow::Result<()> {
+/// Drops the drill databases (`cutter_drill_` and 12 hex digits) the load
+/// role owns, this drill's and any a stopped or `--keep` drill left, then
+/// the role; only when the role is cutterctl's (its marker, no attribute
+/// beyond LOGIN): `--load-role postgres` must never end anyone's sessions.
+pub async fn discard_drills(cluster: &ConnTarget, role: &str) -> anyhow::Result<()> {
     let mut admin = connect(cluster, MAINTENANCE_DB, &cluster.user, None).await?;
-    reset_database(&mut admin, database).await?;
-    run_formatted(
-        &mut admin,
-        "DROP DATABASE IF EXISTS %I WITH (FORCE)",
-        &[database],
+    let ours: Option<bool> = sqlx::query_scalar(
+        "SELECT NOT (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls) \
+                AND pg_catalog.shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM $2 \
+         FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
     )
+    .bind(role)
+    .bind(ROLE_MARKER)
+    .fetch_optional(&mut admin)
     .await?;
+    match ours {
+        None => return Ok(()),
+        Some(false) => bail!("role {role} is not a load role cutterctl made: left as it is"),
+        Some(true) => {}
+    }
+    let dbs: Vec<String> = sqlx::query_scalar(
+        "SELECT d.datname::text FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba \
+         WHERE r.rolname = $1 AND d.datname ~ '^cutter_drill_[0-9a-f]{12}$'",
+    )
+    .bind(role)
+    .fetch_all(&mut admin)
+    .await?;
+    for db in &dbs {
+        reset_database(&mut admin, db).await?;
+        run_formatted(&mut admin, "DROP DATABASE IF EXISTS %I WITH (FORCE)", &[db]).await?;
+    }
     terminate(&mut admin, role, None).await?;
     run_formatted(&mut admin, "DROP ROLE IF EXISTS %I", &[role])
         .await
