@@ -618,6 +618,41 @@ fn generated_and_identity_columns_revert_and_code_others_own_is_refused() {
         "identity and generated columns put back"
     );
 
+    // diff loads the run beside live first when it is not there yet.
+    let out = rec
+        .ctl(&[
+            "--json",
+            "diff",
+            "run1",
+            "--live",
+            &rec.live,
+            "--table",
+            "cutter_governance.rec_gen",
+            "--schema",
+            "s_auto",
+        ])
+        .arg("--secret-key")
+        .arg(&rec.secret)
+        .arg("--passphrase-file")
+        .arg(rec.world.gpg.passphrase_file())
+        .output()
+        .expect("diff");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        0,
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("loading it first"), "{}", text(&out));
+    assert_eq!(
+        rec.world.pg.psql(
+            "directus",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 's_auto'"
+        ),
+        "1"
+    );
+
     // Beside tables someone else owns are not believed.
     rec.world.pg.psql(
         "directus",

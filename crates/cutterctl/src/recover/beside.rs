@@ -128,15 +128,16 @@ pub fn load(
         tx.commit().await?;
         Ok(done)
     })?;
-    println!("{:<50} {:>12}", "table", "rows");
+    // On stderr: `diff --json` loads through here and owns stdout.
+    eprintln!("{:<50} {:>12}", "table", "rows");
     for (t, rows) in &loaded {
-        println!(
+        eprintln!(
             "{:<50} {:>12}",
             crate::output::clean(&format!("{schema}.{}", t.name)),
             rows
         );
     }
-    println!(
+    eprintln!(
         "BESIDE LIVE: OK — {} tables of run {id} in schema {schema} of {} ({:.1} s); live tables untouched",
         loaded.len(),
         live.target.database,

@@ -44,6 +44,13 @@ pub struct Diff {
     /// `schema.table.column`).
     #[arg(long = "mask")]
     pub mask: Vec<String>,
+    /// When the run is not beside live yet, load it first
+    /// (`restore --beside-live`) with this secret key.
+    #[arg(long)]
+    pub secret_key: Option<std::path::PathBuf>,
+    /// With --secret-key: the key's passphrase file (mode 0600).
+    #[arg(long, requires = "secret_key")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// One column of a live table, as the server quotes it.
@@ -483,6 +490,22 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
     let live = Live::connect(&args, &config)?;
     let schema = args.schema(&id)?;
     let mask = Mask::new(&d.mask);
+    if let Some(key) = &d.secret_key {
+        let missing = block(async {
+            let mut c = live.session().await?;
+            Ok::<_, anyhow::Error>(schema_comment(&mut c, &schema).await?.is_none())
+        })?;
+        if missing {
+            eprintln!("the run is not beside live yet: loading it first");
+            crate::restore::run(&crate::restore::Restore::beside_live(
+                &d.run_id,
+                key,
+                d.passphrase_file.as_deref(),
+                &args,
+                &d.on.config,
+            ))?;
+        }
+    }
     block(async {
         let mut c = live.session().await?;
         let plans = plans(&mut c, &schema, &id, &d.on.tables, &config, false).await?;

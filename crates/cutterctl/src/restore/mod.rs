@@ -88,6 +88,42 @@ pub struct Restore {
     pub host: Option<String>,
 }
 
+impl Restore {
+    /// `restore RUN --beside-live` with `args`, as `diff` runs it when the
+    /// run is not beside live yet.
+    pub fn beside_live(
+        run_id: &str,
+        secret_key: &Path,
+        passphrase_file: Option<&Path>,
+        args: &crate::recover::BesideArgs,
+        config: &Path,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            secret_key: Some(secret_key.to_owned()),
+            passphrase_file: passphrase_file.map(Path::to_owned),
+            into: None,
+            to_file: None,
+            beside_live: true,
+            drop_beside: false,
+            beside: crate::recover::BesideArgs {
+                live: args.live.clone(),
+                tables: args.tables.clone(),
+                schema: args.schema.clone(),
+                owner: None,
+            },
+            config: config.to_owned(),
+            psql: None,
+            signer: Vec::new(),
+            expect_sha256: None,
+            load_role: "cutter_restore".into(),
+            live_database_gone: false,
+            from_offsite: false,
+            host: None,
+        }
+    }
+}
+
 /// Runs the restore; `Ok(false)` when row counts differ.
 pub fn run(r: &Restore) -> anyhow::Result<bool> {
     // The passphrase and the plaintext pass through this process: no core
