@@ -5,7 +5,6 @@
 //! (served by the `Metrics` RPC and written to `metrics.textfile`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use cutter_core::metrics::Exposition;
 use cutter_core::selftest::{Report, Status as CheckStatus};
 use cutter_core::setup::Setup;
 
@@ -224,7 +224,7 @@ impl Admin {
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let st = self.state();
-        let mut m = Metrics::default();
+        let mut m = Exposition::default();
         m.gauge(
             "cutter_backup_build_info",
             "Version and source commit of the running daemon.",
@@ -356,7 +356,7 @@ impl Admin {
                 );
             }
         }
-        m.0
+        m.into_text()
     }
 
     /// Writes the metrics to `metrics.textfile` (temp file and rename, so
@@ -396,69 +396,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A Prometheus text exposition being written.
-#[derive(Default)]
-struct Metrics(String);
-
-impl Metrics {
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn samples<L: AsRef<[(&'static str, &'static str)]>>(
-        &mut self,
-        name: &str,
-        samples: &[(L, f64)],
-    ) {
-        for (labels, value) in samples {
-            let labels: Vec<String> = labels
-                .as_ref()
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-                .collect();
-            if labels.is_empty() {
-                let _ = writeln!(self.0, "{name} {value}");
-            } else {
-                let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
-            }
-        }
-    }
-
-    fn single(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, help, "gauge");
-        self.samples::<[(&str, &str); 0]>(name, &[([], value)]);
-    }
-
-    fn gauge<L: AsRef<[(&'static str, &'static str)]>>(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: &[(L, f64)],
-    ) {
-        self.family(name, help, "gauge", samples);
-    }
-
-    fn counter<L: AsRef<[(&'static str, &'static str)]>>(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: &[(L, f64)],
-    ) {
-        self.family(name, help, "counter", samples);
-    }
-
-    fn family<L: AsRef<[(&'static str, &'static str)]>>(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: &str,
-        samples: &[(L, f64)],
-    ) {
-        self.header(name, help, kind);
-        self.samples(name, samples);
-    }
-}
-
 /// Pending uploads and the oldest one's age, when offsite is configured.
 pub fn queue_state(setup: &Setup) -> Option<(u64, u64)> {
     let o = setup.offsite.as_ref()?.as_ref().ok()?;
@@ -468,10 +405,4 @@ pub fn queue_state(setup: &Setup) -> Option<(u64, u64)> {
         .map(|p| cutter_core::offsite::queue::now().saturating_sub(p.enqueued_at))
         .unwrap_or(0);
     Some((pending.len() as u64, age))
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

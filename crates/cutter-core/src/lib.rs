@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod fuzzing;
 pub mod key;
 pub mod manifest;
+pub mod metrics;
 pub mod offsite;
 pub mod pgdump;
 pub mod retention;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use cutter_core::config::Config;
 use cutter_core::db::ConnTarget;
+use cutter_core::metrics::Exposition;
 use cutter_core::runid::RunId;
 use cutter_core::store::{ManifestState, Store};
 use serde::Serialize;
@@ -530,68 +531,60 @@ fn metrics(rec: &Record, at: SystemTime, path: &Path) -> String {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
     };
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, v) in samples {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    gauge(
+    let mut m = Exposition::default();
+    m.single(
         "cutter_backup_drill_last_run_timestamp_seconds",
         "When the last restore drill ran.",
-        vec![(String::new(), now)],
+        now,
     );
     if let Some(t) = last_success {
-        gauge(
+        m.single(
             "cutter_backup_drill_last_success_timestamp_seconds",
             "When a restore drill last passed.",
-            vec![(String::new(), t)],
+            t,
         );
     }
-    gauge(
+    m.single(
         "cutter_backup_drill_success",
         "1 when the last restore drill passed, else 0.",
-        vec![(String::new(), if rec.verdict == "PASS" { 1.0 } else { 0.0 })],
+        if rec.verdict == "PASS" { 1.0 } else { 0.0 },
     );
     if rec.verdict != "PASS" {
-        gauge(
+        m.gauge(
             "cutter_backup_drill_failed",
             "1 for the step the last restore drill failed at (the reason is in the journal and the report).",
-            vec![(format!("{{stage=\"{}\"}}", rec.stage), 1.0)],
+            &[([("stage", rec.stage)], 1.0)],
         );
     }
-    gauge(
+    m.single(
         "cutter_backup_drill_duration_seconds",
         "How long the last restore drill took.",
-        vec![(String::new(), rec.duration_ms as f64 / 1000.0)],
+        rec.duration_ms as f64 / 1000.0,
     );
-    gauge(
+    m.single(
         "cutter_backup_drill_age_seconds",
         "How old the drilled backup was when the drill ran.",
-        vec![(String::new(), rec.age_seconds as f64)],
+        rec.age_seconds as f64,
     );
-    gauge(
+    let mut seen: Vec<&String> = Vec::new();
+    let mut rows: Vec<([(&str, String); 1], f64)> = Vec::new();
+    // A table listed twice would be a duplicate series, which node_exporter
+    // rejects with the whole file.
+    for t in &rec.tables {
+        if !seen.contains(&&t.table) {
+            seen.push(&t.table);
+            rows.push((
+                [("table", t.table.clone())],
+                t.restored.unwrap_or(-1) as f64,
+            ));
+        }
+    }
+    m.gauge(
         "cutter_backup_drill_rows",
         "Rows restored per table in the last restore drill.",
-        rec.tables
-            .iter()
-            .map(|t| {
-                (
-                    format!("{{table=\"{}\"}}", escape_label(&t.table)),
-                    t.restored.unwrap_or(-1) as f64,
-                )
-            })
-            .collect(),
+        &rows,
     );
-    out
-}
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    m.into_text()
 }
 
 /// Writes `bytes` to a temp file beside `path`, fsyncs, renames over it.
@@ -629,10 +622,5 @@ mod tests {
             with_database(&c, "cutter_drill_ab"),
             "postgres://root@/cutter_drill_ab?host=/run/postgresql&port=5433"
         );
-    }
-
-    #[test]
-    fn labels_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }
