@@ -511,14 +511,23 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
         let plans = plans(&mut c, &schema, &id, &d.on.tables, &config, false).await?;
         let all = ["inserted", "deleted", "updated"];
         let mut total = 0;
-        if !json && !d.csv {
-            total = stat(&mut c, &plans).await?;
-        }
+        let text = !json && !d.csv;
+        // Text: the stat first; then only the tables that changed.
+        let per_table = if text {
+            let counts = stat(&mut c, &plans).await?;
+            total = counts.iter().sum();
+            counts
+        } else {
+            vec![1; plans.len()]
+        };
         if d.csv {
             println!("table,kind,key,columns,old,new");
         }
-        for p in &plans {
-            if !json && !d.csv && !d.keys_only {
+        for (p, n) in plans.iter().zip(per_table) {
+            if n == 0 {
+                continue;
+            }
+            if text && !d.keys_only {
                 print_heading(p);
             }
             let n = changes(&mut c, p, &all, None, |ch| {
@@ -533,7 +542,9 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
                 Ok(())
             })
             .await?;
-            total += n;
+            if !text {
+                total += n;
+            }
         }
         if !json && !d.csv && total == 0 {
             println!("\nno row differs from the backup");
@@ -542,12 +553,13 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
     })
 }
 
-/// The `git diff --stat`-like head of the text output; the number of
-/// changed rows.
-async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
+/// The `git diff --stat`-like head of the text output (the tables that
+/// changed, then a total over all); the changed rows of each plan.
+async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<Vec<u64>> {
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     let mut lines = Vec::new();
     let mut changed_tables = 0usize;
+    let mut per_table = Vec::with_capacity(plans.len());
     for p in plans {
         let sql = format!(
             "SELECT kind, pg_catalog.sum(count)::int8 FROM ({}) s GROUP BY kind",
@@ -564,6 +576,10 @@ async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
             *totals.entry(k.to_owned()).or_default() += v;
         }
         changed_tables += usize::from(i + dl + u > 0);
+        per_table.push(u64::try_from(i + dl + u).unwrap_or(0));
+        if i + dl + u == 0 {
+            continue;
+        }
         lines.push(format!(
             " {:<48} | {:>7} (+{i} -{dl} ~{u}){}",
             crate::output::clean(&p.live.to_string()),
@@ -587,7 +603,7 @@ async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<u64> {
         get("deleted"),
         get("updated")
     );
-    Ok(u64::try_from(get("inserted") + get("deleted") + get("updated")).unwrap_or(0))
+    Ok(per_table)
 }
 
 fn print_heading(p: &Plan) {
