@@ -56,13 +56,20 @@ pub fn decrypt(
         passphrase,
         problem: None,
     };
+    // Sequoia holds back up to 25 MiB of plaintext (its default) until it
+    // can check the MDC; every caller already treats `out` as garbage
+    // until this returns Ok, so a small window keeps memory flat.
     let mut decryptor = DecryptorBuilder::from_reader(artifact)
         .map_err(|e| format!("cannot read the artifact: {e}"))?
+        .buffer_size(DECRYPT_WINDOW)
         .with_policy(&policy, None, helper)
         .map_err(|e| format!("cannot decrypt: {e}"))?;
     let n = io::copy(&mut decryptor, out).map_err(|e| format!("decrypting: {e}"))?;
     Ok(n)
 }
+
+/// Plaintext sequoia may hold before releasing it (see `decrypt`).
+const DECRYPT_WINDOW: usize = 1 << 20;
 
 /// A reader that hashes (sha256) and counts what passes through it, so a
 /// restore can prove the bytes it decrypted are the ones the signed
