@@ -265,6 +265,17 @@ fn diff_names_the_runs_changes_and_revert_puts_back_exactly_those_rows() {
         "{shown}"
     );
     assert!(shown.contains("4 of 13 tables changed"), "{shown}");
+    // Every changed row follows its table's heading, once.
+    let row_lines = shown
+        .lines()
+        .filter(|l| ["+ ", "- ", "~ "].iter().any(|p| l.starts_with(p)))
+        .count();
+    assert_eq!(row_lines, want.len(), "{shown}");
+    assert!(
+        shown.contains("--- cutter_governance.rec_parent (key (id))\n")
+            && shown.contains(r#"~ {"id":5} note: null -> "touched""#),
+        "{shown}"
+    );
 
     // revert --sql: a 0600 file that starts restricted; psql applies it.
     let sql = rec.world.work.path().join("revert.sql");

@@ -224,18 +224,9 @@ fn drill(
     };
     rec.run_id = id.to_string();
     let r = Restore {
-        run_id: id.to_string(),
-        secret_key: Some(d.secret_key.clone()),
-        passphrase_file: d.passphrase_file.clone(),
         into: Some(with_database(cluster, database)),
-        to_file: None,
-        beside_live: false,
-        drop_beside: false,
-        beside: crate::recover::BesideArgs::default(),
-        config: d.config.clone(),
         psql: d.psql.clone(),
         signer: d.signer.clone(),
-        expect_sha256: None,
         load_role: d.load_role.clone(),
         // The database is `cutter_drill_<random>`, a name no live
         // database has, so the identity check could never refuse it; and a
@@ -243,6 +234,12 @@ fn drill(
         live_database_gone: true,
         from_offsite: d.from_offsite,
         host: d.from_offsite.then(|| rec.host.clone()),
+        ..Restore::of(
+            id.as_str(),
+            &d.secret_key,
+            d.passphrase_file.as_deref(),
+            &d.config,
+        )
     };
     let out = restore_cmd::measured(&r)?;
     // The vault key must be able to open it too, not only the drill key.

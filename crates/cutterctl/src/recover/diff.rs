@@ -15,7 +15,7 @@
 //! `"row"` for tables without a key; `--keys-only` keeps `table`, `kind`,
 //! `key` (and `row`). `--csv`: the same fields, JSON-encoded cells.
 
-use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 
 use anyhow::{Context, bail};
 use cutter_core::config::{Config, TableName};
@@ -497,113 +497,135 @@ pub fn run(d: &Diff, json: bool) -> anyhow::Result<bool> {
         })?;
         if missing {
             eprintln!("the run is not beside live yet: loading it first");
-            crate::restore::run(&crate::restore::Restore::beside_live(
-                &d.run_id,
-                key,
-                d.passphrase_file.as_deref(),
-                &args,
-                &d.on.config,
-            ))?;
+            crate::restore::run(&crate::restore::Restore {
+                beside_live: true,
+                beside: crate::recover::BesideArgs {
+                    owner: None,
+                    ..args.clone()
+                },
+                ..crate::restore::Restore::of(
+                    &d.run_id,
+                    key,
+                    d.passphrase_file.as_deref(),
+                    &d.on.config,
+                )
+            })?;
         }
     }
     block(async {
         let mut c = live.session().await?;
         let plans = plans(&mut c, &schema, &id, &d.on.tables, &config, false).await?;
         let all = ["inserted", "deleted", "updated"];
-        let mut total = 0;
-        let text = !json && !d.csv;
-        // Text: the stat first; then only the tables that changed.
-        let per_table = if text {
-            let counts = stat(&mut c, &plans).await?;
-            total = counts.iter().sum();
-            counts
-        } else {
-            vec![1; plans.len()]
-        };
-        if d.csv {
-            println!("table,kind,key,columns,old,new");
+        if json || d.csv {
+            if d.csv {
+                println!("table,kind,key,columns,old,new");
+            }
+            for p in &plans {
+                changes(&mut c, p, &all, None, |ch| {
+                    let ch = mask.apply(&p.live, ch);
+                    if json {
+                        println!("{}", as_json(&p.live, &ch, d.keys_only));
+                    } else {
+                        println!("{}", as_csv(&p.live, &ch));
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            return Ok(true);
         }
-        for (p, n) in plans.iter().zip(per_table) {
-            if n == 0 {
-                continue;
-            }
-            if text && !d.keys_only {
-                print_heading(p);
-            }
-            let n = changes(&mut c, p, &all, None, |ch| {
+        // Text: one pass over each table, its lines spooled to an unnamed
+        // file while they are counted, so the stat can come first.
+        let mut spool =
+            BufWriter::new(tempfile::tempfile().context("creating an unnamed temp file")?);
+        let mut tallies = Vec::with_capacity(plans.len());
+        for p in &plans {
+            let mut t = Tally::default();
+            changes(&mut c, p, &all, None, |ch| {
+                t.add(&ch);
                 let ch = mask.apply(&p.live, ch);
-                if json {
-                    println!("{}", as_json(&p.live, &ch, d.keys_only));
-                } else if d.csv {
-                    println!("{}", as_csv(&p.live, &ch));
-                } else {
-                    println!("{}", as_text(&p.live, &ch, d.keys_only));
-                }
+                writeln!(spool, "{}", as_text(&p.live, &ch, d.keys_only))?;
                 Ok(())
             })
             .await?;
-            if !text {
-                total += n;
+            tallies.push(t);
+        }
+        let mut lines = BufReader::new(spool.into_inner().map_err(|e| e.into_error())?);
+        lines.rewind()?;
+        print_stat(&plans, &tallies);
+        let mut line = String::new();
+        for (p, t) in plans.iter().zip(&tallies) {
+            if t.rows == 0 {
+                continue;
+            }
+            if !d.keys_only {
+                print_heading(p);
+            }
+            for _ in 0..t.rows {
+                line.clear();
+                lines.read_line(&mut line)?;
+                print!("{line}");
             }
         }
-        if !json && !d.csv && total == 0 {
+        if tallies.iter().all(|t| t.rows == 0) {
             println!("\nno row differs from the backup");
         }
         Ok(true)
     })
 }
 
-/// The `git diff --stat`-like head of the text output (the tables that
-/// changed, then a total over all); the changed rows of each plan.
-async fn stat(c: &mut PgConnection, plans: &[Plan]) -> anyhow::Result<Vec<u64>> {
-    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    let mut lines = Vec::new();
-    let mut changed_tables = 0usize;
-    let mut per_table = Vec::with_capacity(plans.len());
-    for p in plans {
-        let sql = format!(
-            "SELECT kind, pg_catalog.sum(count)::int8 FROM ({}) s GROUP BY kind",
-            sql(p, &["inserted", "deleted", "updated"])
-        );
-        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(None::<Vec<String>>)
-            .fetch_all(&mut *c)
-            .await
-            .with_context(|| format!("comparing {}", p.live))?;
-        let get = |k: &str| rows.iter().find(|(kind, _)| kind == k).map_or(0, |r| r.1);
-        let (i, dl, u) = (get("inserted"), get("deleted"), get("updated"));
-        for (k, v) in [("inserted", i), ("deleted", dl), ("updated", u)] {
-            *totals.entry(k.to_owned()).or_default() += v;
+/// Changed rows of one table by kind (a row without a key counts as many
+/// times as it was inserted or deleted); `rows` is the output lines.
+#[derive(Debug, Default)]
+struct Tally {
+    inserted: i64,
+    deleted: i64,
+    updated: i64,
+    rows: u64,
+}
+
+impl Tally {
+    fn add(&mut self, ch: &Change) {
+        match ch.kind.as_str() {
+            "inserted" => self.inserted += ch.count,
+            "deleted" => self.deleted += ch.count,
+            _ => self.updated += ch.count,
         }
-        changed_tables += usize::from(i + dl + u > 0);
-        per_table.push(u64::try_from(i + dl + u).unwrap_or(0));
-        if i + dl + u == 0 {
-            continue;
-        }
-        lines.push(format!(
-            " {:<48} | {:>7} (+{i} -{dl} ~{u}){}",
+        self.rows += 1;
+    }
+
+    fn total(&self) -> i64 {
+        self.inserted + self.deleted + self.updated
+    }
+}
+
+/// The `git diff --stat`-like head of the text output: the tables that
+/// changed, then a total over all.
+fn print_stat(plans: &[Plan], tallies: &[Tally]) {
+    for (p, t) in plans.iter().zip(tallies).filter(|(_, t)| t.rows > 0) {
+        println!(
+            " {:<48} | {:>7} (+{} -{} ~{}){}",
             crate::output::clean(&p.live.to_string()),
-            i + dl + u,
+            t.total(),
+            t.inserted,
+            t.deleted,
+            t.updated,
             if p.key.is_none() {
                 "  no key: rows compared as multisets"
             } else {
                 ""
             }
-        ));
+        );
     }
-    for l in &lines {
-        println!("{l}");
-    }
-    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let sum = |f: fn(&Tally) -> i64| tallies.iter().map(f).sum::<i64>();
     println!(
         " {} of {} tables changed: {} inserted, {} deleted, {} updated since the backup",
-        changed_tables,
+        tallies.iter().filter(|t| t.rows > 0).count(),
         plans.len(),
-        get("inserted"),
-        get("deleted"),
-        get("updated")
+        sum(|t| t.inserted),
+        sum(|t| t.deleted),
+        sum(|t| t.updated)
     );
-    Ok(per_table)
 }
 
 fn print_heading(p: &Plan) {

@@ -28,7 +28,7 @@ use crate::restore::scratch::{block, connect, identity, run_formatted};
 pub const SCHEMA_MARKER: &str = "cutter-backup: the pre-write tables of run ";
 
 /// Where the run's tables go beside live, and which.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct BesideArgs {
     /// The live database, as a role that may create a schema there (e.g.
     /// postgres://root@/directus?host=/run/postgresql). It must be the

@@ -89,13 +89,12 @@ pub struct Restore {
 }
 
 impl Restore {
-    /// `restore RUN --beside-live` with `args`, as `diff` runs it when the
-    /// run is not beside live yet.
-    pub fn beside_live(
+    /// A restore of `run_id` with `secret_key`, every other flag at its
+    /// default (no target yet): what `diff` and `drill` start from.
+    pub fn of(
         run_id: &str,
         secret_key: &Path,
         passphrase_file: Option<&Path>,
-        args: &crate::recover::BesideArgs,
         config: &Path,
     ) -> Self {
         Self {
@@ -104,14 +103,9 @@ impl Restore {
             passphrase_file: passphrase_file.map(Path::to_owned),
             into: None,
             to_file: None,
-            beside_live: true,
+            beside_live: false,
             drop_beside: false,
-            beside: crate::recover::BesideArgs {
-                live: args.live.clone(),
-                tables: args.tables.clone(),
-                schema: args.schema.clone(),
-                owner: None,
-            },
+            beside: crate::recover::BesideArgs::default(),
             config: config.to_owned(),
             psql: None,
             signer: Vec::new(),
@@ -126,28 +120,23 @@ impl Restore {
 
 /// Runs the restore; `Ok(false)` when row counts differ.
 pub fn run(r: &Restore) -> anyhow::Result<bool> {
-    // The passphrase and the plaintext pass through this process: no core
-    // dump, no ptrace by other users.
-    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
-    let id = RunId::parse(&r.run_id)?;
-    let config = Config::load(&r.config)?;
+    let (id, config) = start(r)?;
     if r.drop_beside {
         return crate::recover::drop_beside(&r.beside, &config, &id).map(|()| true);
     }
-    let target = match (&r.into, &r.to_file) {
-        (Some(url), None) => Some(ConnTarget::parse(url, None).context("--into")?),
-        (None, Some(_)) => None,
-        (None, None) if r.beside_live => None,
+    match (&r.into, &r.to_file) {
+        (Some(_), None) => {
+            let o = into_scratch_measured(r, &config, &id)?;
+            return Ok(compare(&o.manifest, &o.counts, &o.database));
+        }
+        (None, Some(_)) => {}
+        (None, None) if r.beside_live => {}
         _ => bail!(
             "give exactly one of --into URL (a scratch database), --to-file PATH or --beside-live"
         ),
-    };
+    }
     let (manifest, artifact) = authenticated(r, &config, &id)?;
-    let Some(secret_key) = &r.secret_key else {
-        bail!("--secret-key FILE is needed to decrypt");
-    };
-    let keys = read_secret_keys(secret_key).map_err(anyhow::Error::msg)?;
-    let passphrase = passphrase(r, &keys)?;
+    let (keys, passphrase) = unlock(r)?;
     if r.beside_live {
         let live = crate::recover::Live::connect(&r.beside, &config)?;
         let mut plain = tempfile::tempfile().context("creating an unnamed temp file")?;
@@ -156,32 +145,45 @@ pub fn run(r: &Restore) -> anyhow::Result<bool> {
         crate::recover::beside::load(&live, &r.beside, &id, &manifest, &config, plain)?;
         return Ok(true);
     }
-    if let Some(path) = &r.to_file {
-        let mut out = create_0600_new(path)?;
-        let done = decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut out)
-            .and_then(|n| out.sync_all().map(|()| n).map_err(Into::into));
-        let n = done.inspect_err(|_| {
-            let _ = std::fs::remove_file(path);
-        })?;
-        eprintln!("decrypted {id} ({n} bytes of SQL) to {}", path.display());
-        return Ok(true);
-    }
-    let Some(target) = target else {
+    let Some(path) = &r.to_file else {
         bail!("no target");
     };
-    let db = target.database.clone();
-    let (counts, _, _) = into_scratch(
-        r, &config, target, &id, &manifest, artifact, &keys, passphrase,
-    )?;
-    Ok(compare(&manifest, &counts, &db))
+    let mut out = create_0600_new(path)?;
+    let done = decrypt_checked(artifact, &id, &manifest, &keys, passphrase, &mut out)
+        .and_then(|n| out.sync_all().map(|()| n).map_err(Into::into));
+    let n = done.inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
+    eprintln!("decrypted {id} ({n} bytes of SQL) to {}", path.display());
+    Ok(true)
 }
 
-/// What a measured scratch restore found (for `cutterctl drill`).
+/// What every restore does first: no core dump and no ptrace by other
+/// users (the passphrase and the plaintext pass through this process), the
+/// run id checked, the config loaded.
+fn start(r: &Restore) -> anyhow::Result<(RunId, Config)> {
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    Ok((RunId::parse(&r.run_id)?, Config::load(&r.config)?))
+}
+
+/// The operator's secret keys and, when one is protected, the passphrase.
+fn unlock(r: &Restore) -> anyhow::Result<(Vec<Cert>, Option<Password>)> {
+    let Some(secret_key) = &r.secret_key else {
+        bail!("--secret-key FILE is needed to decrypt");
+    };
+    let keys = read_secret_keys(secret_key).map_err(anyhow::Error::msg)?;
+    let passphrase = passphrase(r, &keys)?;
+    Ok((keys, passphrase))
+}
+
+/// What a measured scratch restore found (`restore --into`, `drill`).
 pub struct Outcome {
     /// The authenticated manifest.
     pub manifest: Manifest,
     /// Rows per table as restored.
     pub counts: Counts,
+    /// The scratch database.
+    pub database: String,
     /// Verifying (and, from the bucket, downloading) the run.
     pub fetch: Duration,
     /// Decrypting it.
@@ -194,30 +196,30 @@ pub struct Outcome {
 
 /// `restore --into` with its phases timed: verify, decrypt, load, count.
 pub fn measured(r: &Restore) -> anyhow::Result<Outcome> {
-    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
-    let id = RunId::parse(&r.run_id)?;
-    let config = Config::load(&r.config)?;
+    let (id, config) = start(r)?;
+    into_scratch_measured(r, &config, &id)
+}
+
+fn into_scratch_measured(r: &Restore, config: &Config, id: &RunId) -> anyhow::Result<Outcome> {
     let target =
         ConnTarget::parse(r.into.as_deref().unwrap_or_default(), None).context("--into")?;
+    let database = target.database.clone();
     let started = Instant::now();
-    let (manifest, artifact) = authenticated(r, &config, &id)?;
+    let (manifest, artifact) = authenticated(r, config, id)?;
     let fetch = started.elapsed();
-    let Some(secret_key) = &r.secret_key else {
-        bail!("--secret-key FILE is needed to decrypt");
-    };
-    let keys = read_secret_keys(secret_key).map_err(anyhow::Error::msg)?;
+    let (keys, passphrase) = unlock(r)?;
     let used: Vec<String> = keys
         .iter()
         .map(|c| c.fingerprint().to_hex())
         .filter(|f| manifest.recipients.iter().any(|r| r.fingerprint == *f))
         .collect();
-    let passphrase = passphrase(r, &keys)?;
     let (counts, decrypt, load) = into_scratch(
-        r, &config, target, &id, &manifest, artifact, &keys, passphrase,
+        r, config, target, id, &manifest, artifact, &keys, passphrase,
     )?;
     Ok(Outcome {
         manifest,
         counts,
+        database,
         fetch,
         decrypt,
         load,
