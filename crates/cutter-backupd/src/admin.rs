@@ -16,7 +16,7 @@ use cutter_core::metrics::Exposition;
 use cutter_core::selftest::{Report, Status as CheckStatus};
 use cutter_core::setup::Setup;
 
-use crate::daemon::summarize;
+use cutter_core::selftest::summarize;
 use crate::notify;
 
 /// How a backup call ended, as counted in `cutter_backup_backups_total`.
@@ -144,7 +144,9 @@ impl Admin {
             });
             before != Some(passed)
         };
-        let status = if passed {
+        // Health follows what a caller can get: in async mode backups
+        // complete (and queue) whatever the bucket does.
+        let status = if report.serving() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

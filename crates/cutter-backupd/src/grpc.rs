@@ -17,7 +17,8 @@ use cutter_core::selftest;
 use cutter_core::setup::KeyResolution;
 use cutter_core::{Error, ErrorKind, key};
 
-use crate::daemon::{Daemon, Done, summarize};
+use crate::daemon::{Daemon, Done};
+use cutter_core::selftest::summarize;
 use crate::{offsite_ops, ops};
 
 /// The gRPC face of [`Daemon`].
@@ -217,6 +218,7 @@ fn envelope(done: &Done) -> BackupEnvelope {
         signature_ref: store.signature_path(id).display().to_string(),
         signer_fpr: done.signer_fpr.clone(),
         offsite_ref: done.offsite_ref.clone(),
+        offsite_version: done.offsite_version.clone(),
     }
 }
 
