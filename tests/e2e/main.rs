@@ -13,6 +13,7 @@ mod lifecycle;
 mod observability;
 mod offsite;
 mod offsite_queue;
+mod offsite_stream;
 mod operations;
 mod python_client;
 mod recovery;

@@ -60,7 +60,7 @@ impl Setup {
         self.world.start(&self.cfg)
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.world.work.path().join("backupd.toml")
     }
 
@@ -69,11 +69,11 @@ impl Setup {
     }
 
     /// `cutterctl args…` without a daemon (the socket is never used).
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> std::process::Output {
         ctl(&self.world.work.path().join("nobody.sock"), args)
     }
 
-    fn restore_args(&self, run_id: &str, db: &str) -> Vec<String> {
+    pub(crate) fn restore_args(&self, run_id: &str, db: &str) -> Vec<String> {
         vec![
             "restore".into(),
             run_id.into(),
@@ -90,11 +90,11 @@ impl Setup {
     }
 }
 
-fn refs(v: &[String]) -> Vec<&str> {
+pub(crate) fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-async fn backup(
+pub(crate) async fn backup(
     d: &Daemon,
     run_id: &str,
 ) -> Result<cutter_backup::v1::BackupEnvelope, tonic::Status> {

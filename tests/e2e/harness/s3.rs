@@ -244,6 +244,16 @@ impl SeaweedFs {
         keys
     }
 
+    /// The keys of the multipart uploads in progress (ListMultipartUploads).
+    pub fn multipart_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = block_on(self.client().list_multipart_uploads().bucket(bucket).send())
+            .expect("list multipart uploads");
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect()
+    }
+
     /// An object's bytes.
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         block_on(async {
