@@ -423,6 +423,12 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     let daemon = s.start();
     let env = backup(&daemon, "v1").await.expect("backup");
     let cfg = s.config_path().display().to_string();
+    // The envelope names the object version HEAD confirmed.
+    assert_eq!(
+        s.weed.versions(BUCKET, &s.key("v1.sql.gpg")),
+        vec![env.offsite_version.clone()],
+        "the envelope's offsite_version"
+    );
 
     // The host's own write-only key can still PUT: the intruder writes junk
     // over all three objects. Object Lock keeps the genuine versions below.
@@ -447,6 +453,33 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
         "{t}"
     );
 
+    // The envelope's version is fetched as it is: no walk, no warning.
+    let out = s.ctl(&[
+        "verify",
+        "--offsite",
+        "v1",
+        "--version",
+        &env.offsite_version,
+        "--config",
+        &cfg,
+    ]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && !t.contains("the genuine artifact is an older version"),
+        "{t}"
+    );
+    // The junk's version is named: it does not authenticate.
+    let junk = s
+        .weed
+        .versions(BUCKET, &s.key("v1.sql.gpg"))
+        .into_iter()
+        .find(|v| *v != env.offsite_version)
+        .expect("the junk's version");
+    let out = s.ctl(&[
+        "verify", "--offsite", "v1", "--version", &junk, "--config", &cfg,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+
     // A pin holds every version, the genuine one under the junk included.
     let out = daemon.ctl(&["pin", "v1", "--note", "incident"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -461,6 +494,16 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     }
 
     std::fs::remove_dir_all(&s.world.backups).expect("rm -rf backups");
+    let mut args = s.restore_args("v1", "from_version");
+    args.extend(["--version".to_owned(), env.offsite_version.clone()]);
+    let out = s.ctl(&refs(&args));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        s.world
+            .pg
+            .count("from_version", "cutter_governance.cut_run"),
+        5000
+    );
     let out = s.ctl(&refs(&s.restore_args("v1", "from_genuine")));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
