@@ -147,6 +147,12 @@ async fn health_stays_serving_in_async_mode_and_turns_not_serving_in_required_mo
         assert_eq!(health(&daemon).await, want, "{mode}: {t}");
         let status = text(&daemon.ctl(&["status"]));
         assert!(status.contains("offsite"), "{mode}: {status}");
+        let metrics = text(&daemon.ctl(&["metrics"]));
+        let warned = format!(
+            "cutter_backup_check_warned{{check=\"offsite\"}} {}",
+            u8::from(verdict == "WARN")
+        );
+        assert!(metrics.contains(&warned), "{mode}: {warned}\n{metrics}");
         if mode == "async" {
             // Backups still complete (and queue) while health says so.
             let env = backup(&daemon, "while-down").await.expect("async backup");

@@ -303,7 +303,7 @@ impl Admin {
         if let Some(s) = &st.selftest {
             m.single(
                 "cutter_backup_selftest_passed",
-                "1 when the last selftest passed (backups would be taken), else 0.",
+                "1 when no check of the last selftest failed, else 0 (in offsite async mode a lagging upload queue fails it while backups still complete: see cutter_backup_check_passed).",
                 f64::from(u8::from(s.passed)),
             );
             m.single(
@@ -325,6 +325,21 @@ impl Admin {
                 "cutter_backup_check_passed",
                 "1 when the selftest check passed or warned, 0 when it failed.",
                 &checks,
+            );
+            let warned: Vec<_> = s
+                .checks
+                .iter()
+                .map(|(name, status)| {
+                    (
+                        [("check", *name)],
+                        f64::from(u8::from(*status == CheckStatus::Warn)),
+                    )
+                })
+                .collect();
+            m.gauge(
+                "cutter_backup_check_warned",
+                "1 when the selftest check warned (works, needs attention: an offsite bucket down in async mode, say), else 0.",
+                &warned,
             );
             if let Some((count, bytes)) = s.artifacts {
                 m.single(

@@ -63,9 +63,10 @@ pub struct Report {
     pub key_expires_at: Option<SystemTime>,
     /// Free bytes in `backup.dir` and what a backup needs (estimate + margin).
     pub space: Option<(u64, u64)>,
-    /// `offsite.mode = "required"`: a backup completes only with its
-    /// offsite copy, so the `offsite` check guards what a caller gets.
-    pub offsite_required: bool,
+    /// A backup completes only when the `offsite` check passes: in
+    /// `offsite.mode = "required"`, or when `[offsite]` cannot be set up
+    /// at all (async mode cannot even queue then).
+    pub offsite_guards: bool,
 }
 
 impl Report {
@@ -98,7 +99,7 @@ impl Report {
     /// the operator, in STATUS and the metrics). gRPC health serves this.
     pub fn serving(&self) -> bool {
         self.backup_ready()
-            && !(self.offsite_required
+            && !(self.offsite_guards
                 && self
                     .checks
                     .iter()
@@ -180,11 +181,12 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     // The offsite check runs beside the others, bounded in time, so a slow
     // bucket delays a backup's selftest by at most its bound.
     let offsite = setup.offsite.clone().map(|o| tokio::spawn(check_offsite(o)));
-    report.offsite_required = setup
-        .config
-        .offsite
-        .as_ref()
-        .is_some_and(|o| matches!(o.mode, OffsiteMode::Required));
+    report.offsite_guards = matches!(setup.offsite, Some(Err(_)))
+        || setup
+            .config
+            .offsite
+            .as_ref()
+            .is_some_and(|o| matches!(o.mode, OffsiteMode::Required));
     let key = check_key(setup, now, &mut report);
     let signer = check_signer(setup, &mut report);
     let additional = check_additional(setup, now, &mut report);
