@@ -476,7 +476,13 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
         .find(|v| *v != env.offsite_version)
         .expect("the junk's version");
     let out = s.ctl(&[
-        "verify", "--offsite", "v1", "--version", &junk, "--config", &cfg,
+        "verify",
+        "--offsite",
+        "v1",
+        "--version",
+        &junk,
+        "--config",
+        &cfg,
     ]);
     assert!(!out.status.success(), "{}", text(&out));
 

@@ -27,7 +27,10 @@ fn stalling_setup(secs: u32, backup_extra: &str) -> Setup {
     s.cfg.pg_dump = Some(dumpers::wrapper(
         s.world.work.path(),
         &format!("pg_dump-pause-{secs}"),
-        &format!("{{real}} \"$@\" | {{ head -c {}; sleep {secs}; cat; }}", 20 << 20),
+        &format!(
+            "{{real}} \"$@\" | {{ head -c {}; sleep {secs}; cat; }}",
+            20 << 20
+        ),
     ));
     s
 }
@@ -41,24 +44,27 @@ fn upload_begins_mid_dump(s: &Setup, run_id: &str) {
         || "no multipart upload started while the dump ran".to_owned(),
     );
     assert!(
-        !s.world
-            .backups
-            .join(format!("{run_id}.sql.gpg"))
-            .exists(),
+        !s.world.backups.join(format!("{run_id}.sql.gpg")).exists(),
         "the artifact was committed before the upload began: not streamed"
     );
+}
+
+/// `cutterctl backup --run-id <run_id>` on a blocking thread.
+fn spawn_backup(
+    daemon: &crate::harness::Daemon,
+    run_id: &'static str,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let socket = daemon.socket.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::harness::daemon::ctl(&socket, &["backup", "--run-id", run_id])
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_that_fails_mid_way_leaves_no_multipart_upload_and_no_object() {
     let s = stalling_setup(60, "stall_timeout_secs = 4\n");
     let daemon = s.start();
-    let call = {
-        let socket = daemon.socket.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::harness::daemon::ctl(&socket, &["backup", "--run-id", "cut1"])
-        })
-    };
+    let call = spawn_backup(&daemon, "cut1");
     upload_begins_mid_dump(&s, "cut1");
     let parts_before = s.weed.multipart_uploads(BUCKET);
     assert_eq!(parts_before, vec![s.key("cut1.sql.gpg")]);
@@ -83,16 +89,10 @@ async fn a_dump_that_fails_mid_way_leaves_no_multipart_upload_and_no_object() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_stopped_mid_upload_fails_the_call_keeps_the_local_run_and_a_retry_only_uploads()
-{
+async fn a_server_stopped_mid_upload_fails_the_call_keeps_the_local_run_and_a_retry_only_uploads() {
     let mut s = stalling_setup(5, "");
     let daemon = s.start();
-    let call = {
-        let socket = daemon.socket.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::harness::daemon::ctl(&socket, &["backup", "--run-id", "up1"])
-        })
-    };
+    let call = spawn_backup(&daemon, "up1");
     upload_begins_mid_dump(&s, "up1");
     s.weed.stop();
     let out = call.await.expect("caller");
@@ -109,7 +109,10 @@ async fn a_server_stopped_mid_upload_fails_the_call_keeps_the_local_run_and_a_re
     s.weed.start_again();
     let env = backup(&daemon, "up1").await.expect("the retry");
     assert!(env.reused, "the retry dumped again");
-    assert_eq!(env.offsite_ref, format!("s3://{BUCKET}/{}", s.key("up1.sql.gpg")));
+    assert_eq!(
+        env.offsite_ref,
+        format!("s3://{BUCKET}/{}", s.key("up1.sql.gpg"))
+    );
     let local = std::fs::read(s.world.backups.join("up1.sql.gpg")).expect("local artifact");
     assert_eq!(s.weed.get(BUCKET, &s.key("up1.sql.gpg")), local);
     let log = daemon.log();
@@ -182,7 +185,10 @@ async fn the_offsite_check_answers_within_its_bound_against_a_server_that_never_
         "{t}"
     );
     // Unbounded, the SDK's own timeouts took about 25 s here.
-    assert!(took < Duration::from_secs(15), "selftest took {took:?}: {t}");
+    assert!(
+        took < Duration::from_secs(15),
+        "selftest took {took:?}: {t}"
+    );
     let env = backup(&daemon, "silent").await.expect("a local backup");
     assert!(env.offsite_ref.is_empty());
     drop(silent);

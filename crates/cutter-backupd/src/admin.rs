@@ -16,8 +16,8 @@ use cutter_core::metrics::Exposition;
 use cutter_core::selftest::{Report, Status as CheckStatus};
 use cutter_core::setup::Setup;
 
-use cutter_core::selftest::summarize;
 use crate::notify;
+use cutter_core::selftest::summarize;
 
 /// How a backup call ended, as counted in `cutter_backup_backups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -19,8 +19,8 @@ use cutter_core::config::{Config, OffsiteMode};
 use cutter_core::manifest::Manifest;
 use cutter_core::offsite::Streaming;
 use cutter_core::runid::RunId;
-use cutter_core::selftest::{self, Ready, Report};
 use cutter_core::selftest::summarize;
+use cutter_core::selftest::{self, Ready, Report};
 use cutter_core::setup::Setup;
 use cutter_core::store::Store;
 use cutter_core::{Error, ErrorKind};
@@ -121,10 +121,8 @@ impl Daemon {
     /// Re-reads the config and env; a broken config keeps the last good one.
     pub async fn reload(&self) -> String {
         notify::reloading();
-        let loaded =
-            Config::load(&self.config_path).and_then(|c| {
-            Setup::load(c, Setup::env_fingerprint(), cutter_offsite::connect)
-        });
+        let loaded = Config::load(&self.config_path)
+            .and_then(|c| Setup::load(c, Setup::env_fingerprint(), cutter_offsite::connect));
         let summary = match loaded {
             Ok(setup) => {
                 self.resize_permits(setup.config.backup.max_concurrent);

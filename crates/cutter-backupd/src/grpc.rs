@@ -18,8 +18,8 @@ use cutter_core::setup::KeyResolution;
 use cutter_core::{Error, ErrorKind, key};
 
 use crate::daemon::{Daemon, Done};
-use cutter_core::selftest::summarize;
 use crate::{offsite_ops, ops};
+use cutter_core::selftest::summarize;
 
 /// The gRPC face of [`Daemon`].
 #[derive(Clone)]

@@ -36,7 +36,8 @@ pub async fn run(
         .context("registering signal handlers")?
         .split();
     peer::reachable(&config.server.allowed_uids).map_err(anyhow::Error::msg)?;
-    let setup = Setup::load(config, Setup::env_fingerprint(), cutter_offsite::connect).context("loading the config")?;
+    let setup = Setup::load(config, Setup::env_fingerprint(), cutter_offsite::connect)
+        .context("loading the config")?;
     recover(&setup);
     let socket = setup.config.server.socket.clone();
     let grace = Duration::from_secs(setup.config.server.stop_grace_secs);

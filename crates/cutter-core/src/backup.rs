@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Compression, TableName};
 use crate::copyrows::CopyRows;
+use crate::db::Snapshot;
 use crate::encrypt::{HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
 use crate::key::UsableKey;
-use crate::db::Snapshot;
 use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
 use crate::offsite::{Backend, PartPlan, Streaming};
 use crate::pgdump::Dump;
@@ -389,8 +389,7 @@ fn stream(
         .name("dump-reader".into())
         .spawn(move || read_dump(stdout, &full_tx, &empty_rx, &progress))
         .map_err(|e| Error::Internal(format!("cannot start the reader thread: {e}")))?;
-    let mut sink =
-        HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)).cutting(parts);
+    let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)).cutting(parts);
     let keys: Vec<UsableKey> = ready.keys().cloned().collect();
     let encrypted = encrypt(
         full_rx.iter(),

@@ -180,7 +180,10 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     let mut report = Report::default();
     // The offsite check runs beside the others, bounded in time, so a slow
     // bucket delays a backup's selftest by at most its bound.
-    let offsite = setup.offsite.clone().map(|o| tokio::spawn(check_offsite(o)));
+    let offsite = setup
+        .offsite
+        .clone()
+        .map(|o| tokio::spawn(check_offsite(o)));
     report.offsite_guards = matches!(setup.offsite, Some(Err(_)))
         || setup
             .config
@@ -208,7 +211,10 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     check_backup_dir(setup, sizes, &mut report);
     if let Some(check) = offsite {
         let (status, detail) = check.await.unwrap_or_else(|e| {
-            (Status::Fail, format!("the offsite check failed to run: {e}"))
+            (
+                Status::Fail,
+                format!("the offsite check failed to run: {e}"),
+            )
         });
         report.push(OFFSITE, status, detail);
     }

@@ -79,11 +79,6 @@ impl S3 {
         self.bucket.key(&format!("{host}/{id}{suffix}"))
     }
 
-    /// `s3://bucket/prefix/host/run_id.sql.gpg`: the envelope's `offsite_ref`.
-    pub fn artifact_url(&self, id: &RunId) -> String {
-        self.bucket.url(&self.key(&self.host, id, ARTIFACT_SUFFIX))
-    }
-
     /// Uploads the committed run `id` from `store` (what is already there
     /// and confirmed is not sent again) and confirms it with HEAD: size,
     /// and the server's checksum when it reports one.
@@ -125,7 +120,8 @@ impl S3 {
             .bucket
             .put_file(&local.akey, file, size, &m.sha256, retention.as_ref())
             .await?;
-        self.complete(&local, &up, retention.as_ref(), started).await
+        self.complete(&local, &up, retention.as_ref(), started)
+            .await
     }
 
     /// The committed run's signed manifest, checked before anything is sent.
@@ -707,7 +703,11 @@ impl Backend for S3 {
     }
 
     fn stream(&self, id: &RunId, file: File) -> Option<Box<dyn Streaming>> {
-        Some(Box::new(stream::Streamed::start(self.clone(), id.clone(), file)))
+        Some(Box::new(stream::Streamed::start(
+            self.clone(),
+            id.clone(),
+            file,
+        )))
     }
 
     fn fetch<'a>(&'a self, req: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, String>> {

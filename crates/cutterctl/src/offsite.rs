@@ -5,8 +5,8 @@
 //! manifest's signature is by a pinned signer and the bytes match it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cutter_backup::v1::{VerifyReply, VerifyResult};

@@ -114,10 +114,7 @@ impl<W: Write> HashingWriter<W> {
             len: c.taken,
             sha256: c.hash.finalize().into(),
         });
-        Some(LastPart {
-            plan: c.plan,
-            part,
-        })
+        Some(LastPart { plan: c.plan, part })
     }
 
     /// The inner writer, the lowercase hex sha256 and the byte count.
@@ -132,7 +129,9 @@ impl<W: Write> HashingWriter<W> {
         };
         while !written.is_empty() {
             let room = c.plan.size_of(c.number) - c.taken;
-            let take = usize::try_from(room).unwrap_or(usize::MAX).min(written.len());
+            let take = usize::try_from(room)
+                .unwrap_or(usize::MAX)
+                .min(written.len());
             c.hash.update(&written[..take]);
             c.taken += take as u64;
             written = &written[take..];

@@ -243,10 +243,7 @@ mod tests {
     #[test]
     fn parts_double_every_thousand_and_fit_s3_limits() {
         let (to, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let plan = PartPlan {
-            base: 16 << 20,
-            to,
-        };
+        let plan = PartPlan { base: 16 << 20, to };
         assert_eq!(plan.size_of(1), 16 << 20);
         assert_eq!(plan.size_of(1000), 16 << 20);
         assert_eq!(plan.size_of(1001), 32 << 20);
