@@ -788,6 +788,35 @@ mod tests {
     use crate::runid::RunId;
 
     #[test]
+    fn health_serves_what_a_caller_can_get() {
+        let report = |offsite: Status, guards: bool| Report {
+            checks: vec![
+                Check {
+                    name: "key",
+                    status: Status::Pass,
+                    detail: String::new(),
+                },
+                Check {
+                    name: OFFSITE,
+                    status: offsite,
+                    detail: String::new(),
+                },
+            ],
+            offsite_guards: guards,
+            ..Report::default()
+        };
+        // Async mode: backups complete and queue whatever the bucket does.
+        assert!(report(Status::Fail, false).serving());
+        assert!(!report(Status::Fail, false).passed());
+        // Required mode (or an [offsite] that cannot be set up): they do not.
+        assert!(!report(Status::Fail, true).serving());
+        assert!(report(Status::Warn, true).serving());
+        let mut local = report(Status::Pass, false);
+        local.checks[0].status = Status::Fail;
+        assert!(!local.serving());
+    }
+
+    #[test]
     fn pending_uploads_warn_then_fail_past_max_lag() {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = Queue::open(&dir.path().join("q")).expect("queue");

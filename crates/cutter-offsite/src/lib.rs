@@ -19,10 +19,8 @@ use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use cutter_core::config::{LockMode, OffsiteConfig, OffsiteMode};
-use cutter_core::encrypt::hex;
+use cutter_core::encrypt::HashingWriter;
 use cutter_core::manifest::{MAX_BYTES, Manifest, SignedManifest};
 use cutter_core::offsite::{
     Backend, BoxFuture, FetchRequest, Fetched, Probe, RemoteRun, Streaming, Uploaded,
@@ -363,7 +361,8 @@ impl S3 {
         {
             return Ok(None);
         }
-        let (sha, size, mut file) = w.finish().map_err(|e| format!("{url}: {e}"))?;
+        w.flush().map_err(|e| format!("{url}: {e}"))?;
+        let (mut file, sha, size) = w.finish();
         manifest
             .check_bytes(&sha, size)
             .map_err(|e| format!("{url}: {e}"))?;
@@ -785,41 +784,6 @@ fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Resul
             Ok(())
         }
         _ => Err("the object does not carry this manifest's sha256".into()),
-    }
-}
-
-/// A writer that hashes (sha256) and counts what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    n: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hash: Sha256::new(),
-            n: 0,
-        }
-    }
-
-    fn finish(mut self) -> std::io::Result<(String, u64, W)> {
-        self.inner.flush()?;
-        Ok((hex(&self.hash.finalize()), self.n, self.inner))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 
