@@ -21,11 +21,30 @@ use aws_sdk_s3::primitives::ByteStream;
 use crate::harness::{Daemon, SeaweedFs};
 use crate::{Bench, daemon_ctl, measure};
 
-/// One measured backup: wall seconds, daemon peak RSS (MiB), artifact bytes.
+/// One measured backup: wall seconds, daemon peak RSS (MiB), artifact
+/// bytes, CPU seconds (daemon with pg_dump, SeaweedFS), and how long the
+/// streamed upload ran on after the local commit.
 struct Taken {
     wall: f64,
     rss: f64,
     size: u64,
+    cpu: f64,
+    weed_cpu: f64,
+    after_commit: Option<f64>,
+}
+
+/// `after_commit_ms=N` of the daemon's streamed-upload line for `run_id`.
+fn after_commit(log: &str, run_id: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("streamed upload of") && l.contains(&format!("run_id={run_id}")))?;
+    let rest = line.split("after_commit_ms=").nth(1)?;
+    let ms: f64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some(ms / 1000.0)
 }
 
 impl Bench {
@@ -51,7 +70,10 @@ impl Bench {
         }
         let daemon = Daemon::start(dir, &cfg);
         let pid = daemon.pid();
+        let weed_pid = offsite.and_then(SeaweedFs::pid);
         measure::reset_peak_rss(pid);
+        let cpu = |pid: Option<u32>| pid.map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
+        let (cpu0, weed0) = (cpu(Some(pid)), cpu(weed_pid));
         let wall = measure::wall(
             daemon_ctl(&daemon, &["backup", "--run-id", run_id]).stdout(Stdio::null()),
         );
@@ -59,6 +81,9 @@ impl Bench {
             wall: wall.as_secs_f64(),
             rss: measure::peak_rss_mib(pid),
             size: measure::size(&cfg.backup_dir.join(format!("{run_id}.sql.gpg"))),
+            cpu: cpu(Some(pid)) - cpu0,
+            weed_cpu: cpu(weed_pid) - weed0,
+            after_commit: after_commit(&daemon.log(), run_id),
         }
     }
 
@@ -70,20 +95,27 @@ impl Bench {
             "\n## Offsite upload while dumping: required mode against a local-only backup and a stock upload, one run each\n"
         );
         println!(
-            "| compression | artifact | local-only backup | stock upload of the artifact | old way (local, then upload) | required, streamed | ÷ max(local, stock) | ÷ local | daemon peak RSS (local / required) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| compression | artifact | local-only backup | stock upload of the artifact | old way (local, then upload) | required, streamed | ÷ max(local, stock) | ÷ local | upload after the commit | CPU s: daemon+pg_dump local / required, SeaweedFS stock / required | daemon peak RSS (local / required) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for (algo, level) in [("none", 1), ("zip", 2)] {
             let local_dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
             let local = self.one(local_dir.path(), db, (algo, level), None, "local-1");
             let artifact = local_dir.path().join("backups/local-1.sql.gpg");
+            let weed0 = weed
+                .pid()
+                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
             let stock = stock_upload(&weed, &artifact, &format!("stock/{algo}"));
+            let stock_weed_cpu = weed
+                .pid()
+                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64())
+                - weed0;
             drop(local_dir);
             let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
             let streamed = self.one(dir.path(), db, (algo, level), Some(&weed), "offsite-1");
             drop(dir);
             let worst = local.wall.max(stock);
             println!(
-                "| {algo}-{level} | {:.0} MB | {:.1} s | {stock:.1} s ({:.0} MB/s) | {:.1} s | {:.1} s | {:.2} | {:.2} | {:.0} / {:.0} MiB |",
+                "| {algo}-{level} | {:.0} MB | {:.1} s | {stock:.1} s ({:.0} MB/s) | {:.1} s | {:.1} s | {:.2} | {:.2} | {} | {:.1} / {:.1}, {stock_weed_cpu:.1} / {:.1} | {:.0} / {:.0} MiB |",
                 local.size as f64 / 1e6,
                 local.wall,
                 local.size as f64 / 1e6 / stock,
@@ -91,6 +123,12 @@ impl Bench {
                 streamed.wall,
                 streamed.wall / worst,
                 streamed.wall / local.wall,
+                streamed
+                    .after_commit
+                    .map_or_else(|| "single PUT".to_owned(), |s| format!("{s:.2} s")),
+                local.cpu,
+                streamed.cpu,
+                streamed.weed_cpu,
                 local.rss,
                 streamed.rss,
             );

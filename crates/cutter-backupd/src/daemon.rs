@@ -203,6 +203,13 @@ impl Daemon {
         self.cancel.store(true, Ordering::SeqCst);
     }
 
+    /// Resolves once running backups are cancelled.
+    async fn cancelled(&self) {
+        while !self.cancel.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// The backup for `run_id`, shared with concurrent callers of the same id.
     pub async fn backup(self: &Arc<Self>, run_id: String) -> Outcome {
         let run_id = RunId::parse(&run_id).map_err(Arc::new)?;
@@ -437,7 +444,14 @@ impl ThenOffsite for Result<Done, Error> {
             OffsiteMode::Required => {
                 let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
                 let result = match upload {
-                    Some(u) => u.finish(&done.store, &done.manifest, own.as_ref()).await,
+                    // The stop grace period ends the upload too: dropping
+                    // it makes its task abort what it sent.
+                    Some(u) => tokio::select! {
+                        r = u.finish(&done.store, &done.manifest, own.as_ref()) => r,
+                        () = daemon.cancelled() => Err(
+                            "the daemon stopped before the upload finished; it was aborted: retry the same run_id to upload".to_owned()
+                        ),
+                    },
                     None => {
                         o.backend
                             .upload(&done.store, id, own.as_ref(), Some(&done.manifest))

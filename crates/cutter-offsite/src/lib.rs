@@ -166,10 +166,11 @@ impl S3 {
         })
     }
 
-    /// After the artifact: the signature, the manifest (last: a manifest in
-    /// the bucket means the run is complete), then the HEAD that confirms
-    /// the version this upload made (a newer one written meanwhile by
-    /// someone else is neither confirmed nor blamed on us).
+    /// After the artifact: the HEAD that confirms the version this upload
+    /// made (a newer one written meanwhile by someone else is neither
+    /// confirmed nor blamed on us), then the signature, then the manifest
+    /// (last: a manifest in the bucket means the run is complete and
+    /// confirmed).
     async fn complete(
         &self,
         local: &Local,
@@ -179,31 +180,34 @@ impl S3 {
     ) -> Result<Uploaded, String> {
         let m = &local.signed.manifest;
         let url = self.bucket.url(&local.akey);
-        self.bucket
-            .put_small(&local.skey, local.signature.clone(), retention)
-            .await?;
-        self.bucket
-            .put_small(&local.mkey, local.signed.bytes.clone(), retention)
-            .await?;
         let info = self
             .bucket
             .head_or_current(&local.akey, up.version_id.as_deref())
             .await?
             .ok_or_else(|| format!("{url} is missing right after its upload"))?;
         confirm(&info, m, Some(&up.checksum)).map_err(|e| format!("{url}: {e}"))?;
+        self.bucket
+            .put_small(&local.skey, local.signature.clone(), retention)
+            .await?;
+        self.bucket
+            .put_small(&local.mkey, local.signed.bytes.clone(), retention)
+            .await?;
         let id = &local.id;
         let size = m.size_bytes;
         tracing::info!(
             run_id = %id,
             offsite_ref = %url,
-            version = info.version_id.as_deref().unwrap_or(""),
+            version = up.version_id.as_deref().unwrap_or(""),
             bytes = size,
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "offsite copy confirmed run_id={id} size={size}"
         );
+        // The version the upload itself answered with: when reading a
+        // version is denied, HEAD answers for the current one, which may
+        // be someone else's.
         Ok(Uploaded {
             url,
-            version: info.version_id.or_else(|| up.version_id.clone()),
+            version: up.version_id.clone(),
         })
     }
 
@@ -755,8 +759,13 @@ fn is_loopback(url: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
-/// Confirms a HEAD against the manifest: size, our sha256 in the metadata,
-/// and the server's checksum when it reports one and we know what it must be.
+/// Confirms a HEAD against the manifest: its size, then the server's
+/// sha256 checksum when it reports one in a form we can compare (ours
+/// exactly: the whole object's, or for a multipart upload the sha256 of
+/// the parts' sha256s with `-N`; or a full-object sha256 equal to the
+/// manifest's), else our sha256 in the object's metadata. A streamed
+/// upload carries no metadata (its sha256 was not known when it began), so
+/// a service that reports no comparable checksum cannot confirm it.
 fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Result<(), String> {
     if info.size != m.size_bytes {
         return Err(format!(
@@ -764,26 +773,28 @@ fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Resul
             info.size, m.size_bytes
         ));
     }
-    // A multipart object's checksum is the sha256 of the parts' sha256s,
-    // "-N" appended; services that report another form for it are judged
-    // by size and metadata (each part's sha256 was verified on upload).
-    let comparable = |got: &str, want: &str| {
-        got.rsplit_once('-').map(|(_, n)| n) == want.rsplit_once('-').map(|(_, n)| n)
-    };
-    if let (Some(got), Some(want)) = (&info.checksum_sha256, checksum)
-        && comparable(got, want)
-        && got != want
-    {
-        return Err(format!(
-            "the server's sha256 checksum is {got}, we sent {want}"
-        ));
+    let whole = hex_to_bytes(&m.sha256).map(|b| openssl::base64::encode_block(&b));
+    if let Some(got) = &info.checksum_sha256 {
+        if Some(got.as_str()) == checksum || Some(got) == whole.as_ref() {
+            return Ok(());
+        }
+        // Both composite (any part count) or both whole: comparable, and
+        // different.
+        if let Some(want) = checksum
+            && got.contains('-') == want.contains('-')
+        {
+            return Err(format!(
+                "the server's sha256 checksum is {got}, we sent {want}"
+            ));
+        }
     }
     match &info.meta_sha256 {
         Some(s) if s.eq_ignore_ascii_case(&m.sha256) => Ok(()),
-        _ if info.checksum_sha256.is_some() && checksum == info.checksum_sha256.as_deref() => {
-            Ok(())
-        }
-        _ => Err("the object does not carry this manifest's sha256".into()),
+        Some(_) => Err("the object does not carry this manifest's sha256".into()),
+        None => Err(format!(
+            "the service reports no sha256 checksum comparable with ours ({}) and the object has no sha256 metadata: the copy cannot be confirmed; use an S3 service that returns x-amz-checksum-sha256 on HEAD with checksum mode enabled",
+            info.checksum_sha256.as_deref().unwrap_or("none")
+        )),
     }
 }
 
@@ -821,8 +832,16 @@ mod tests {
         assert!(confirm(&info(9, Some("X"), Some("ab")), &m, Some("X")).is_err());
         assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X")).is_err());
         assert!(confirm(&info(10, Some("Y-3"), Some("ab")), &m, Some("X-3")).is_err());
+        // Another part count is a different object, whatever the metadata.
+        assert!(confirm(&info(10, Some("Y-4"), Some("ab")), &m, Some("X-3")).is_err());
         // Another form for a multipart object: size and metadata decide.
         assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X-3")).is_ok());
+        // A streamed upload has no metadata: its composite checksum, or a
+        // full-object sha256 equal to the manifest's, confirms it.
+        assert!(confirm(&info(10, Some("X-3"), None), &m, Some("X-3")).is_ok());
+        assert!(confirm(&info(10, Some("qw=="), None), &m, Some("X-3")).is_ok());
+        assert!(confirm(&info(10, Some("Y"), None), &m, Some("X-3")).is_err());
+        assert!(confirm(&info(10, None, None), &m, Some("X-3")).is_err());
         assert!(confirm(&info(10, None, Some("cd")), &m, None).is_err());
         assert!(confirm(&info(10, None, None), &m, Some("X")).is_err());
     }

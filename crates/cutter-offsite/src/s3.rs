@@ -435,7 +435,7 @@ impl Bucket {
             }
             return Ok(Uploaded {
                 checksum: sum,
-                version_id: out.version_id().map(str::to_owned),
+                version_id: real_version(out.version_id()),
             });
         }
         let upload_id = self
@@ -550,7 +550,7 @@ impl Bucket {
                 "{}-{n}",
                 openssl::base64::encode_block(&composite.finalize())
             ),
-            version_id: out.version_id().map(str::to_owned),
+            version_id: real_version(out.version_id()),
         })
     }
 
@@ -676,10 +676,7 @@ impl Bucket {
             legal_hold: out
                 .object_lock_legal_hold_status()
                 .is_some_and(|s| *s == ObjectLockLegalHoldStatus::On),
-            version_id: out
-                .version_id()
-                .filter(|v| !v.is_empty() && *v != "null")
-                .map(str::to_owned),
+            version_id: real_version(out.version_id()),
         }))
     }
 
@@ -1010,6 +1007,13 @@ pub struct Uploaded {
     pub checksum: String,
     /// The version the upload made, on a versioned bucket.
     pub version_id: Option<String>,
+}
+
+/// A version id as S3 reports it, `None` for none, empty or `"null"` (an
+/// unversioned bucket's answer).
+fn real_version(v: Option<&str>) -> Option<String> {
+    v.filter(|v| !v.is_empty() && *v != "null")
+        .map(str::to_owned)
 }
 
 /// The most objects one listing gathers (a bucket writer can plant keys).

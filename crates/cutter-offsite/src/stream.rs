@@ -15,6 +15,7 @@
 //! upload is left behind; a failed upload leaves the local run alone.
 
 use std::fs::File;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aws_sdk_s3::types::CompletedPart;
@@ -47,12 +48,20 @@ struct Multipart {
     parts: Vec<(CompletedPart, Part)>,
 }
 
-/// A streamed upload in progress.
+/// The multipart upload's id once it exists, until it is completed or
+/// aborted: whoever ends the upload (the task, `finish`, `abort`) can
+/// abort it, even after the task panicked.
+type Open = Arc<Mutex<Option<String>>>;
+
+/// A streamed upload in progress. `stop` is declared (so dropped) before
+/// `plan`: a `Streamed` dropped without `finish` or `abort` makes the task
+/// abort, not complete, what it sent.
 pub(crate) struct Streamed {
+    stop: watch::Sender<bool>,
     s3: S3,
     id: RunId,
     plan: PartPlan,
-    stop: watch::Sender<bool>,
+    open: Open,
     task: tokio::task::JoinHandle<Result<Sent, String>>,
     started: Instant,
 }
@@ -67,12 +76,20 @@ impl Streamed {
             to,
         };
         let key = s3.key(&s3.host, &id, ARTIFACT_SUFFIX);
-        let task = tokio::spawn(send(s3.clone(), key, Source::new(file), parts, stopped));
+        let open = Open::default();
+        let task = tokio::spawn(send(
+            s3.clone(),
+            key,
+            Source::new(file),
+            (parts, stopped),
+            Arc::clone(&open),
+        ));
         Self {
+            stop,
             s3,
             id,
             plan,
-            stop,
+            open,
             task,
             started: Instant::now(),
         }
@@ -85,8 +102,8 @@ async fn send(
     s3: S3,
     key: String,
     source: Source,
-    mut parts: mpsc::UnboundedReceiver<Part>,
-    mut stopped: watch::Receiver<bool>,
+    (mut parts, mut stopped): (mpsc::UnboundedReceiver<Part>, watch::Receiver<bool>),
+    open: Open,
 ) -> Result<Sent, String> {
     let mut upload: Option<String> = None;
     let mut retention = None;
@@ -113,6 +130,7 @@ async fn send(
                             retention = s3.bucket.retention().await?;
                             let id = s3.bucket.create_multipart(&key, None, retention.as_ref()).await?;
                             upload = Some(id.clone());
+                            *lock(&open) = Some(id.clone());
                             id
                         }
                     };
@@ -149,6 +167,7 @@ async fn send(
         (Err(e), Some(upload_id)) => {
             flying.shutdown().await;
             s3.bucket.abort_multipart(&key, &upload_id).await;
+            *lock(&open) = None;
             Err(e)
         }
         (Err(e), None) => Err(e),
@@ -168,23 +187,32 @@ impl Streaming for Streamed {
     ) -> BoxFuture<'a, Result<Uploaded, String>> {
         Box::pin(async move {
             let Self {
+                stop,
                 s3,
                 id,
                 plan,
-                stop,
+                open,
                 task,
                 started,
             } = *self;
             drop(plan);
-            let sent = task
-                .await
-                .map_err(|e| format!("the upload task failed: {e}"))??;
+            let committed = Instant::now();
+            let key = s3.key(&s3.host, &id, ARTIFACT_SUFFIX);
+            let sent = match task.await {
+                Ok(sent) => sent?,
+                Err(e) => {
+                    let left = lock(&open).take();
+                    if let Some(upload_id) = left {
+                        s3.bucket.abort_multipart(&key, &upload_id).await;
+                    }
+                    return Err(format!("the upload task failed: {e}"));
+                }
+            };
             drop(stop);
             let Some(multipart) = sent.upload else {
                 // Smaller than one part: sent whole, from the committed run.
                 return s3.upload(store, &id, own, Some(manifest)).await;
             };
-            let key = s3.key(&s3.host, &id, ARTIFACT_SUFFIX);
             let completed = async {
                 let local = s3.local(store, &id, own, Some(manifest))?;
                 check_parts(&multipart.parts, manifest.size_bytes)?;
@@ -212,27 +240,49 @@ impl Streaming for Streamed {
                     return Err(e);
                 }
             };
-            s3.complete(&local, &up, sent.retention.as_ref(), started)
-                .await
+            let n = digests.len();
+            let up = s3
+                .complete(&local, &up, sent.retention.as_ref(), started)
+                .await?;
+            let after_commit_ms =
+                u64::try_from(committed.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(
+                run_id = %id,
+                parts = n,
+                after_commit_ms,
+                "streamed upload of run_id={id} ended {after_commit_ms} ms after the commit ({n} parts)"
+            );
+            Ok(up)
         })
     }
 
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
         let Self {
-            s3, id, stop, task, ..
+            stop,
+            s3,
+            id,
+            open,
+            task,
+            ..
         } = *self;
         Box::pin(async move {
             let _ = stop.send(true);
-            if let Ok(Ok(Sent {
-                upload: Some(m), ..
-            })) = task.await
-            {
-                // Every part was sent before the stop was seen.
+            // Whatever the task made of the stop (it aborts what it made
+            // on an error; every part may have been sent before it saw the
+            // stop; it may have panicked), what is still open is aborted.
+            let _ = task.await;
+            let left = lock(&open).take();
+            if let Some(upload_id) = left {
                 let key = s3.key(&s3.host, &id, ARTIFACT_SUFFIX);
-                s3.bucket.abort_multipart(&key, &m.upload_id).await;
+                s3.bucket.abort_multipart(&key, &upload_id).await;
             }
         })
     }
+}
+
+fn lock(open: &Open) -> std::sync::MutexGuard<'_, Option<String>> {
+    open.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The parts must tile the artifact: numbered 1..=N, each starting where

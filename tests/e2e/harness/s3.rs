@@ -151,6 +151,12 @@ impl SeaweedFs {
         std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
     }
 
+    /// The server's process id, while it runs (cutter-bench's CPU count).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `http://127.0.0.1:<s3 port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
