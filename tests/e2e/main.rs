@@ -19,5 +19,6 @@ mod recovery;
 mod requests;
 mod restore_box;
 mod roundtrip;
+mod runs_kept;
 mod soak;
 mod systemd;

@@ -10,7 +10,7 @@ use cutter_backup::v1::{
     ArtifactInfo, ArtifactState, ListReply, PruneAction, PruneDecision, PruneReply, VerifyReply,
     VerifyResult,
 };
-use cutter_core::manifest::Manifest;
+use cutter_core::manifest::{Manifest, SignedManifest};
 use cutter_core::offsite::Queue;
 use cutter_core::retention::{self, Action, Policy};
 use cutter_core::runid::RunId;
@@ -63,6 +63,13 @@ pub fn authentic<'a>(e: &'a Entry, signers: &[Cert]) -> Result<&'a Manifest, Str
         ManifestState::Missing => Err("no manifest".into()),
         ManifestState::Bad(why) => Err(why.clone()),
     }
+}
+
+/// The newest run this daemon signed (by `created_at`), from the store's
+/// census: one manifest read when the newest is genuine, no listing.
+pub fn newest_own(store: &Store, own: &[Cert]) -> Option<Manifest> {
+    let accept = |id: &RunId, m: &SignedManifest| verify::authenticate(id, m, own).is_ok();
+    store.newest(&accept).ok().flatten().map(|m| m.manifest)
 }
 
 /// Every run, newest first.
