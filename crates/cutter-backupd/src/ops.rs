@@ -72,10 +72,13 @@ pub fn newest_own(store: &Store, own: &[Cert]) -> Option<Manifest> {
     store.newest(&accept).ok().flatten().map(|m| m.manifest)
 }
 
-/// Every run, newest first.
+/// Every run, newest first. Each is turned into its reply entry as the
+/// directory is read, so no manifest is held longer than that.
 pub fn list(store: &Store, signers: &[Cert]) -> Result<ListReply, Status> {
-    let entries = store.list().map_err(|e| Status::internal(e.to_string()))?;
-    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(|e| info(e, signers)).collect();
+    let mut artifacts = Vec::new();
+    store
+        .each(|e| artifacts.push(info(&e, signers)))
+        .map_err(|e| Status::internal(e.to_string()))?;
     artifacts.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
