@@ -15,6 +15,7 @@ mod data;
 mod measure;
 mod offsite;
 mod recovery;
+mod runs_kept;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -82,9 +83,21 @@ fn main() {
     let small_runs = usize::try_from(arg("--small-runs", 21)).unwrap_or(21);
     let offsite_only = std::env::args().any(|a| a == "--offsite");
     let recovery_only = std::env::args().any(|a| a == "--recovery");
+    let runs_kept: Option<Vec<usize>> = std::env::args()
+        .skip_while(|a| a != "--runs-kept")
+        .nth(1)
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect());
     let small_mb = if offsite_only { 0 } else { small_mb };
-    let large_mb = if recovery_only { 0 } else { large_mb };
-    let small_mb = if recovery_only { 0 } else { small_mb };
+    let large_mb = if recovery_only || runs_kept.is_some() {
+        0
+    } else {
+        large_mb
+    };
+    let small_mb = if recovery_only || runs_kept.is_some() {
+        0
+    } else {
+        small_mb
+    };
 
     let pg = Cluster::start();
     pg.psql(
@@ -102,6 +115,11 @@ fn main() {
             "generated {db} (~{mb} MB dump) in {:.0} s",
             t.elapsed().as_secs_f64()
         );
+    }
+    if runs_kept.is_some() {
+        // The tiny fixture: ten rows a table.
+        pg.psql("postgres", "CREATE DATABASE directus_tiny");
+        harness::proc::run(pg.psql_cmd("directus_tiny").args(["-c", &data::sql(0)]));
     }
     let gpg = Gpg::new();
     let fpr = gpg.gen_key(KeyKind::Ed25519, "bench <bench@cutter.invalid>");
@@ -123,6 +141,10 @@ fn main() {
     machine();
     if offsite_only {
         b.offsite("directus_large");
+        return;
+    }
+    if let Some(counts) = runs_kept {
+        b.runs_kept("directus_tiny", &counts, small_runs);
         return;
     }
     if recovery_only {

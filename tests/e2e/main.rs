@@ -20,5 +20,6 @@ mod recovery;
 mod requests;
 mod restore_box;
 mod roundtrip;
+mod runs_kept;
 mod soak;
 mod systemd;

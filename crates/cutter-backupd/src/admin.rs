@@ -109,16 +109,13 @@ impl Admin {
     /// (a database timeout, a reload in between) never overwrites a newer
     /// verdict.
     pub async fn selftest_done(&self, seq: u64, setup: &Setup, report: &Report) {
+        // From the store's census: listed once, not on every selftest.
         let store = setup.store.clone();
-        let artifacts = tokio::task::spawn_blocking(move || {
-            store.list().ok().map(|entries| {
-                let count = entries.len() as u64;
-                (count, entries.iter().map(|e| e.size_bytes).sum::<u64>())
-            })
-        })
-        .await
-        .ok()
-        .flatten();
+        let artifacts =
+            tokio::task::spawn_blocking(move || store.tally().ok().map(|t| (t.runs, t.bytes)))
+                .await
+                .ok()
+                .flatten();
         let mut newest = self.publishing.lock().await;
         if seq < *newest {
             tracing::debug!(
