@@ -3,15 +3,19 @@
 //! several runs, the floor (`pg_dump > /dev/null`), the old way
 //! (`pg_dump | gpg -e`, with and without compression) and ours (`cutterctl
 //! backup` against a running daemon, per compression setting). Prints the
-//! markdown tables `docs/benchmarks.md` records.
+//! markdown tables `docs/benchmarks.md` records. It also compares two dump
+//! shapes (the same data over TCP, and fast-dumping hex over the Unix
+//! socket) with every CPU-second counted (`fastdump.rs`).
 //!
-//! Run: `bench/run.sh` (release build; see docs/benchmarks.md).
+//! Run: `bench/run.sh` (release build; see docs/benchmarks.md);
+//! `cutter-bench --help` lists the options.
 
 #[allow(dead_code, unused_imports)]
 #[path = "../../tests/e2e/harness/mod.rs"]
 mod harness;
 
 mod data;
+mod fastdump;
 mod measure;
 mod offsite;
 mod recovery;
@@ -76,7 +80,46 @@ fn settings() -> Vec<(String, String, u8)> {
         .collect()
 }
 
+/// `cutter-bench --help`.
+const HELP: &str = "\
+cutter-bench: cutter-backup against pg_dump alone and pg_dump | gpg, on one
+machine, in one run, in a throwaway PostgreSQL cluster (docs/benchmarks.md).
+
+Usage: cutter-bench [OPTIONS]      (bench/run.sh builds release and runs it)
+
+With no mode, measures the large and small datasets, then the two dump shapes.
+
+Modes (each runs only that part):
+  --fast-dump            the two dump shapes only: the governance dataset
+                         over TCP and the fast-dump hex dataset over the Unix
+                         socket; floor against the default backup, with wall
+                         time and CPU-seconds of the daemon, pg_dump and
+                         PostgreSQL, and the snapshot's count on its own
+  --offsite              the large backup local-only, a stock upload of its
+                         artifact and the streamed required mode, side by
+                         side, against a throwaway SeaweedFS
+  --recovery             restore --beside-live, diff and revert (see --sizes)
+  --runs-kept LIST       backup, selftest, status and list latency with N
+                         runs kept, for each N in LIST (e.g. 1,1000,10000)
+
+Options:
+  --large-mb N           the governance dataset's plain dump, MB [1000]
+  --small-mb N           the small dataset's plain dump, MB [3]
+  --fast-mb N            the fast-dump dataset's plain dump, MB; 0 skips the
+                         two shapes [800]
+  --runs N               runs per large measurement (median) [5]
+  --small-runs N         runs per small measurement (median) [21]
+  --settings LIST        settings measured on the large dataset
+                         [none-1,zip-1,zip-2,zip-3,zlib-2,sequoia:none-1,sequoia:zip-2]
+  --sizes LIST           --recovery dump sizes, MB [100,1000]
+  -h, --help             this text
+";
+
 fn main() {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return;
+    }
     let large_mb = arg("--large-mb", 1000);
     let small_mb = arg("--small-mb", 3);
     let runs = usize::try_from(arg("--runs", 5)).unwrap_or(5);
@@ -87,16 +130,18 @@ fn main() {
         .skip_while(|a| a != "--runs-kept")
         .nth(1)
         .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect());
-    let small_mb = if offsite_only { 0 } else { small_mb };
-    let large_mb = if recovery_only || runs_kept.is_some() {
-        0
-    } else {
-        large_mb
-    };
-    let small_mb = if recovery_only || runs_kept.is_some() {
+    let shapes_only = std::env::args().any(|a| a == "--fast-dump");
+    let only_other = recovery_only || runs_kept.is_some();
+    let small_mb = if offsite_only || shapes_only || only_other {
         0
     } else {
         small_mb
+    };
+    let large_mb = if only_other { 0 } else { large_mb };
+    let fast_mb = if offsite_only || only_other {
+        0
+    } else {
+        arg("--fast-mb", 800)
     };
 
     let pg = Cluster::start();
@@ -104,13 +149,22 @@ fn main() {
         "postgres",
         &format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'"),
     );
-    for (db, mb) in [("directus_large", large_mb), ("directus_small", small_mb)]
-        .into_iter()
-        .filter(|(_, mb)| *mb > 0)
+    for (db, mb) in [
+        ("directus_large", large_mb),
+        ("directus_small", small_mb),
+        ("directus_fast", fast_mb),
+    ]
+    .into_iter()
+    .filter(|(_, mb)| *mb > 0)
     {
         let t = Instant::now();
         pg.psql("postgres", &format!("CREATE DATABASE {db}"));
-        harness::proc::run(pg.psql_cmd(db).args(["-c", &data::sql(mb)]));
+        let sql = if db == "directus_fast" {
+            fastdump::sql(mb)
+        } else {
+            data::sql(mb)
+        };
+        harness::proc::run(pg.psql_cmd(db).args(["-c", &sql]));
         eprintln!(
             "generated {db} (~{mb} MB dump) in {:.0} s",
             t.elapsed().as_secs_f64()
@@ -158,6 +212,22 @@ fn main() {
         b.recovery(&sizes);
         return;
     }
+    let shapes = [
+        fastdump::Shape {
+            name: "governance",
+            db: "directus_large",
+            via: fastdump::Via::Tcp,
+        },
+        fastdump::Shape {
+            name: "fast-dump hex",
+            db: "directus_fast",
+            via: fastdump::Via::Socket,
+        },
+    ];
+    if shapes_only {
+        b.shapes(&shapes[..if fast_mb > 0 { 2 } else { 1 }]);
+        return;
+    }
     let plain = b.plain_size("directus_large");
     println!(
         "\n## Large dataset: {:.0} MB plain dump, median of {runs} runs\n",
@@ -170,6 +240,9 @@ fn main() {
         b.plain_size("directus_small") as f64 / 1e6
     );
     b.small("directus_small", small_runs);
+    if fast_mb > 0 {
+        b.shapes(&shapes);
+    }
 }
 
 fn machine() {

@@ -14,6 +14,7 @@
 //! [`HashingWriter`] hashes the ciphertext as it is written and, for a
 //! streamed offsite upload, cuts it into parts hashed in the same pass.
 
+mod framing;
 pub mod seipd;
 pub mod sequoia;
 
@@ -26,7 +27,7 @@ use openpgp::crypto::SessionKey;
 use openpgp::packet::Key;
 use openpgp::packet::key::{PublicParts, UnspecifiedRole};
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Compressor, LiteralWriter, Message};
+use openpgp::serialize::stream::{Compressor, Message};
 use openpgp::types::{CompressionAlgorithm, CompressionLevel};
 use sha2::{Digest, Sha256};
 
@@ -251,8 +252,18 @@ pub fn encrypt_with<W: Write + Send + Sync>(
     }
 }
 
+/// The literal data packet's tag.
+const LITERAL_TAG: u8 = 11;
+/// Its body header as sequoia's `LiteralWriter` writes it: binary format
+/// (`b`), no file name, no date.
+const LITERAL_HEADER: [u8; 6] = [b'b', 0, 0, 0, 0, 0];
+
 /// Compression (if any) and the literal packet over `message`, fed with
 /// `plain`; finalizes `message`. Returns the plaintext byte count.
+///
+/// The literal packet is framed by [`framing::Partial`], which passes each
+/// chunk on where it lies (sequoia's `LiteralWriter` copied every chunk
+/// twice into its 4 MiB buffer first).
 fn write_literal(
     message: Message<'_>,
     plain: impl Iterator<Item = Vec<u8>>,
@@ -271,18 +282,18 @@ fn write_literal(
             .build()
             .map_err(|err| e("setting up compression", err))?,
     };
-    let mut message = LiteralWriter::new(message)
-        .build()
-        .map_err(|err| e("setting up the literal packet", err))?;
+    let io = |err: io::Error| format!("writing the artifact: {err}");
+    let mut literal = framing::Partial::new(message, LITERAL_TAG).map_err(io)?;
+    literal.write_all(&LITERAL_HEADER).map_err(io)?;
     let mut total = 0u64;
     for chunk in plain {
-        message
-            .write_all(&chunk)
-            .map_err(|err| format!("writing the artifact: {err}"))?;
+        literal.write_all(&chunk).map_err(io)?;
         total += chunk.len() as u64;
         done(chunk);
     }
-    message
+    literal
+        .finish()
+        .map_err(io)?
         .finalize()
         .map_err(|err| e("finishing the OpenPGP message", err))?;
     Ok(total)

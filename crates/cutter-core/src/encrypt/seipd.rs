@@ -4,9 +4,9 @@
 //! Sequoia computes every SHA-1 with collision detection. That protects a
 //! *verifier* of signatures against crafted collisions; the MDC we *produce*
 //! over our own plaintext has nothing to detect, and GnuPG computes it with
-//! plain SHA-1 too. Sequoia still builds everything else: the PKESK packets,
-//! the SEIP packet's partial-body framing (`ArbitraryWriter`), compression
-//! and the literal packet.
+//! plain SHA-1 too. Sequoia still builds the PKESK packets and compression;
+//! the SEIP and literal packets' partial-body framing is [`super::framing`]
+//! (no copies on the way through).
 //!
 //! The packet body: version byte 1, then CFB-128 with an all-zero IV (no
 //! resync) over 16 random bytes, their last two repeated, the plaintext
@@ -21,19 +21,20 @@ use sequoia_openpgp as openpgp;
 
 use openpgp::Packet;
 use openpgp::crypto::SessionKey;
-use openpgp::packet::Tag;
 use openpgp::packet::pkesk::PKESK3;
 use openpgp::serialize::Serialize;
-use openpgp::serialize::stream::{ArbitraryWriter, Message};
+use openpgp::serialize::stream::Message;
 use openpgp::types::SymmetricAlgorithm;
 
-use super::Packing;
-use super::{Target, write_literal};
+use super::framing::Partial;
+use super::{Packing, Target, write_literal};
 
 /// The AES-256 block size.
 const BLOCK: usize = 16;
 /// Ciphertext buffered before it goes to the framing writer.
 const OUT_CHUNK: usize = 64 * 1024;
+/// The SEIP packet's tag.
+const SEIP_TAG: u8 = 18;
 
 /// Encrypts `plain` to `targets` as one SEIPDv1 message into `sink`.
 pub fn encrypt<W: Write + Send + Sync>(
@@ -59,19 +60,16 @@ pub fn encrypt<W: Write + Send + Sync>(
             .serialize(&mut message)
             .map_err(|err| e("writing a PKESK packet", err))?;
     }
-    let mut framed =
-        ArbitraryWriter::new(message, Tag::SEIP).map_err(|err| e("SEIP packet", err))?;
-    framed
-        .write_all(&[1])
-        .map_err(|err| format!("writing the artifact: {err}"))?;
+    let io = |err: io::Error| format!("writing the artifact: {err}");
+    let mut framed = Partial::new(message, SEIP_TAG).map_err(io)?;
+    framed.write_all(&[1]).map_err(io)?;
     let mut body =
         Seipd::new(&sk, framed).map_err(|err| format!("setting up AES-256-CFB: {err}"))?;
     let inner = Message::new(&mut body);
     let total = write_literal(inner, plain, done, packing)?;
-    let framed = body
-        .finish()
-        .map_err(|err| format!("writing the artifact: {err}"))?;
-    framed
+    body.finish()
+        .and_then(Partial::finish)
+        .map_err(io)?
         .finalize()
         .map_err(|err| e("finishing the OpenPGP message", err))?;
     Ok(total)
@@ -82,12 +80,15 @@ pub fn encrypt<W: Write + Send + Sync>(
 struct Seipd<'a> {
     cipher: Crypter,
     sha1: Sha1,
+    /// Ciphertext buffer: always `OUT_CHUNK + BLOCK` long (written once, not
+    /// re-zeroed per write); `filled` bytes of it are pending.
     out: Vec<u8>,
-    inner: Message<'a>,
+    filled: usize,
+    inner: Partial<Message<'a>>,
 }
 
 impl<'a> Seipd<'a> {
-    fn new(sk: &SessionKey, inner: Message<'a>) -> io::Result<Self> {
+    fn new(sk: &SessionKey, inner: Partial<Message<'a>>) -> io::Result<Self> {
         let cipher = Crypter::new(
             Cipher::aes_256_cfb128(),
             Mode::Encrypt,
@@ -98,7 +99,8 @@ impl<'a> Seipd<'a> {
         let mut w = Self {
             cipher,
             sha1: Sha1::new(),
-            out: Vec::with_capacity(OUT_CHUNK + BLOCK),
+            out: vec![0; OUT_CHUNK + BLOCK],
+            filled: 0,
             inner,
         };
         let mut prefix = [0u8; BLOCK + 2];
@@ -109,42 +111,48 @@ impl<'a> Seipd<'a> {
         Ok(w)
     }
 
-    /// Hashes and encrypts `plain` into the output buffer.
+    /// Hashes and encrypts `plain` into the output buffer, writing it on
+    /// whenever it is full.
     fn absorb(&mut self, plain: &[u8]) -> io::Result<()> {
         self.sha1.update(plain);
-        let start = self.out.len();
-        self.out.resize(start + plain.len() + BLOCK, 0);
-        let n = self
-            .cipher
-            .update(plain, &mut self.out[start..])
-            .map_err(io::Error::other)?;
-        self.out.truncate(start + n);
-        if self.out.len() >= OUT_CHUNK {
-            self.inner.write_all(&self.out)?;
-            self.out.clear();
+        self.encrypt(plain)
+    }
+
+    /// Encrypts `plain` into the output buffer, in pieces that fit.
+    fn encrypt(&mut self, mut plain: &[u8]) -> io::Result<()> {
+        while !plain.is_empty() {
+            let take = plain.len().min(OUT_CHUNK - self.filled);
+            // OpenSSL wants room for a block more than the input.
+            let n = self
+                .cipher
+                .update(
+                    &plain[..take],
+                    &mut self.out[self.filled..self.filled + take + BLOCK],
+                )
+                .map_err(io::Error::other)?;
+            self.filled += n;
+            plain = &plain[take..];
+            if self.filled >= OUT_CHUNK {
+                self.inner.write_all(&self.out[..self.filled])?;
+                self.filled = 0;
+            }
         }
         Ok(())
     }
 
-    /// Writes the MDC packet and returns the framing writer to finalize.
-    fn finish(mut self) -> io::Result<Message<'a>> {
+    /// Writes the MDC packet and returns the framing writer to finish.
+    fn finish(mut self) -> io::Result<Partial<Message<'a>>> {
         const MDC_HEADER: [u8; 2] = [0xD3, 0x14];
         self.sha1.update(&MDC_HEADER);
         let digest = self.sha1.clone().finish();
         let mut mdc = [0u8; 22];
         mdc[..2].copy_from_slice(&MDC_HEADER);
         mdc[2..].copy_from_slice(&digest);
-        let start = self.out.len();
-        self.out.resize(start + mdc.len() + BLOCK, 0);
-        let n = self
-            .cipher
-            .update(&mdc, &mut self.out[start..])
-            .map_err(io::Error::other)?;
-        self.out.truncate(start + n);
+        self.encrypt(&mdc)?;
         let mut tail = [0u8; BLOCK];
         let n = self.cipher.finalize(&mut tail).map_err(io::Error::other)?;
-        self.out.extend_from_slice(&tail[..n]);
-        self.inner.write_all(&self.out)?;
+        self.inner.write_all(&self.out[..self.filled])?;
+        self.inner.write_all(&tail[..n])?;
         Ok(self.inner)
     }
 }
