@@ -87,10 +87,15 @@ impl Bench {
         }
     }
 
-    /// The offsite benchmark.
+    /// The offsite benchmark. Each upload gets a fresh server: the
+    /// harness's SeaweedFS holds 8 GB (32 volumes of 256 MB), and two 4 GB
+    /// artifacts would fill it.
     pub fn offsite(&self, db: &str) {
-        let weed = SeaweedFs::start();
-        weed.create_bucket("bench", false);
+        let fresh = || {
+            let weed = SeaweedFs::start();
+            weed.create_bucket("bench", false);
+            weed
+        };
         println!(
             "\n## Offsite upload while dumping: required mode against a local-only backup and a stock upload, one run each\n"
         );
@@ -101,18 +106,18 @@ impl Bench {
             let local_dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
             let local = self.one(local_dir.path(), db, (algo, level), None, "local-1");
             let artifact = local_dir.path().join("backups/local-1.sql.gpg");
-            let weed0 = weed
-                .pid()
-                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
+            let weed = fresh();
+            let weed0 = weed.pid().map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
             let stock = stock_upload(&weed, &artifact, &format!("stock/{algo}"));
-            let stock_weed_cpu = weed
-                .pid()
-                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64())
-                - weed0;
+            let stock_weed_cpu =
+                weed.pid().map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64()) - weed0;
+            drop(weed);
             drop(local_dir);
+            let weed = fresh();
             let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
             let streamed = self.one(dir.path(), db, (algo, level), Some(&weed), "offsite-1");
             drop(dir);
+            drop(weed);
             let worst = local.wall.max(stock);
             println!(
                 "| {algo}-{level} | {:.0} MB | {:.1} s | {stock:.1} s ({:.0} MB/s) | {:.1} s | {:.1} s | {:.2} | {:.2} | {} | {:.1} / {:.1}, {stock_weed_cpu:.1} / {:.1} | {:.0} / {:.0} MiB |",
