@@ -13,15 +13,22 @@
 //! not run in the middle and the count's plan is the one a vacuumed
 //! production table gets (an index-only scan of the primary key). The
 //! backup is measured twice: with that plan, and with the count forced to
-//! sequential scans (`enable_indexonlyscan = off` for the role), as on
-//! tables whose visibility map is not set (freshly loaded or busy ones),
-//! where the count reads every table's heap a second time.
+//! sequential scans (a daemon connecting as a second role whose sessions
+//! have `enable_indexonlyscan = off`), as on tables whose visibility map is
+//! not set (freshly loaded or busy ones), where the count reads every
+//! table's heap a second time.
+//!
+//! The floor and the backups are interleaved run by run, so a change in
+//! the machine's load (it is shared) hits all of them alike. With
+//! `--baseline DIR`, another build's daemon (`DIR/cutter-backupd`) is
+//! measured in the same runs: before and after under the same conditions.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::Daemon;
-use crate::harness::pg::ROLE;
+use crate::harness::pg::{ROLE, ROLE_PASSWORD};
+use crate::harness::{Daemon, DaemonConfig};
 use crate::measure::{median, secs};
 use crate::{Bench, daemon_ctl, data, measure};
 
@@ -67,6 +74,11 @@ pub struct Shape {
     /// How it is reached.
     pub via: Via,
 }
+
+/// A second login role, a member of `cutter_exec` (so it has the same
+/// grants), whose sessions plan without index-only scans: a daemon
+/// connecting as it counts with sequential scans.
+const SEQ_ROLE: &str = "cutter_exec_seqscan";
 
 /// Which plan the snapshot's count gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +157,14 @@ fn loadavg() -> String {
         .join(" ")
 }
 
+/// A daemon of one variant, with its config and directory.
+struct Variant {
+    name: String,
+    daemon: Daemon,
+    cfg: DaemonConfig,
+    _dir: tempfile::TempDir,
+}
+
 impl Bench {
     /// The postmaster's pid (first line of `postmaster.pid`).
     fn postmaster(&self) -> u32 {
@@ -212,64 +232,86 @@ impl Bench {
         }
     }
 
-    fn floor_runs(&self, shape: &Shape) -> Vec<Run> {
-        (0..self.runs)
-            .map(|_| {
-                self.cpu_run(None, || {
-                    measure::wall(self.dump_via(shape.db, shape.via).stdout(Stdio::null()))
-                })
-            })
-            .collect()
-    }
-
-    fn backup_runs(&self, shape: &Shape, plan: CountPlan) -> Vec<Run> {
+    /// A daemon for `shape` connecting as `role`, running `bin_dir`'s
+    /// `cutter-backupd` when given, else the one beside this benchmark.
+    fn variant(&self, name: String, shape: &Shape, role: &str, bin_dir: Option<&Path>) -> Variant {
         let dir = tempfile::tempdir_in(self.work.path()).expect("tempdir");
         let mut cfg = self.config(shape.db, dir.path(), "seipdv1", "zip", 2);
-        if shape.via == Via::Socket {
-            cfg.database_url = format!(
-                "postgres://{ROLE}@/{}?host={}&port={}",
+        cfg.database_url = match shape.via {
+            Via::Socket => format!(
+                "postgres://{role}@/{}?host={}&port={}",
                 shape.db,
                 self.pg.socket_dir().display(),
                 self.pg.port
-            );
+            ),
+            Via::Tcp => format!("postgres://{role}@127.0.0.1:{}/{}", self.pg.port, shape.db),
+        };
+        if shape.via == Via::Socket {
             cfg.password = None;
         }
-        let seq = format!(
-            "ALTER ROLE {ROLE} IN DATABASE {} SET enable_indexonlyscan = off",
-            shape.db
-        );
-        if plan == CountPlan::Seq {
-            self.pg.psql("postgres", &seq);
+        if let Some(bin) = bin_dir {
+            // The harness runs `<wrap…> <its daemon> --config …`: swap the binary.
+            let exe = bin.join("cutter-backupd").display().to_string();
+            cfg.wrap = vec![
+                "sh".into(),
+                "-c".into(),
+                format!("shift; exec '{}' \"$@\"", exe.replace('\'', "'\\''")),
+                "sh".into(),
+            ];
         }
         let daemon = Daemon::start(dir.path(), &cfg);
-        let pid = daemon.pid();
-        let runs = (0..self.runs)
-            .map(|i| {
-                let run_id = format!("shape-{}-{plan:?}-{i}", shape.db).to_lowercase();
-                let mut r = self.cpu_run(Some(pid), || {
-                    measure::wall(
-                        daemon_ctl(&daemon, &["backup", "--run-id", &run_id]).stdout(Stdio::null()),
-                    )
-                });
-                let artifact = cfg.backup_dir.join(format!("{run_id}.sql.gpg"));
-                r.out_bytes = measure::size(&artifact);
-                for suffix in [".sql.gpg", ".manifest.json", ".manifest.json.sig"] {
-                    let _ = std::fs::remove_file(cfg.backup_dir.join(format!("{run_id}{suffix}")));
-                }
-                r
-            })
-            .collect();
-        drop(daemon);
-        if plan == CountPlan::Seq {
-            self.pg.psql(
-                "postgres",
-                &format!(
-                    "ALTER ROLE {ROLE} IN DATABASE {} RESET enable_indexonlyscan",
-                    shape.db
-                ),
-            );
+        Variant {
+            name,
+            daemon,
+            cfg,
+            _dir: dir,
         }
-        runs
+    }
+
+    /// One backup by `v`, measured; its files are removed.
+    fn backup_run(&self, v: &Variant, run_id: &str) -> Run {
+        let mut r = self.cpu_run(Some(v.daemon.pid()), || {
+            measure::wall(
+                daemon_ctl(&v.daemon, &["backup", "--run-id", run_id]).stdout(Stdio::null()),
+            )
+        });
+        r.out_bytes = measure::size(&v.cfg.backup_dir.join(format!("{run_id}.sql.gpg")));
+        for suffix in [".sql.gpg", ".manifest.json", ".manifest.json.sig"] {
+            let _ = std::fs::remove_file(v.cfg.backup_dir.join(format!("{run_id}{suffix}")));
+        }
+        r
+    }
+
+    /// The floor and each daemon variant, interleaved run by run: the rows
+    /// in order, each with its runs.
+    fn interleaved(&self, shape: &Shape, baseline: Option<&Path>) -> Vec<(String, Vec<Run>)> {
+        let mut variants = Vec::new();
+        let builds = baseline
+            .map(|b| ("baseline build", Some(b)))
+            .into_iter()
+            .chain([("ours", None)]);
+        for (build, bin) in builds {
+            for (plan, role) in [
+                ("count by the planner", ROLE),
+                ("count by seq scans", SEQ_ROLE),
+            ] {
+                let name = format!("{build}: `cutterctl backup` (default), {plan}");
+                variants.push(self.variant(name, shape, role, bin));
+            }
+        }
+        let mut floor = Vec::new();
+        let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
+        for i in 0..self.runs {
+            floor.push(self.cpu_run(None, || {
+                measure::wall(self.dump_via(shape.db, shape.via).stdout(Stdio::null()))
+            }));
+            for (k, v) in variants.iter().enumerate() {
+                runs[k].push(self.backup_run(v, &format!("shape-{}-{k}-{i}", shape.db)));
+            }
+        }
+        std::iter::once(("floor: `pg_dump > /dev/null`".to_owned(), floor))
+            .chain(variants.into_iter().map(|v| v.name).zip(runs))
+            .collect()
     }
 
     /// The daemon's count query (`db::Snapshot::count`), for psql.
@@ -305,12 +347,12 @@ impl Bench {
             .map(|_| {
                 self.cpu_run(None, || {
                     let t = Instant::now();
-                    harness_run(&mut self.psql_as_role(db, &txn(&self.count_sql())));
+                    crate::harness::proc::run(&mut self.psql_as_role(db, &txn(&self.count_sql())));
                     t.elapsed()
                 })
             })
             .collect();
-        let explain = harness_run(&mut self.psql_as_role(
+        let explain = crate::harness::proc::run(&mut self.psql_as_role(
             db,
             &txn(&format!(
                 "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
@@ -345,10 +387,19 @@ impl Bench {
             / 1e6
     }
 
-    /// Measures every shape and prints one table.
-    pub fn shapes(&self, shapes: &[Shape]) {
+    /// Measures every shape and prints one table; with `baseline` (a
+    /// directory holding another build's `cutter-backupd`), that build's
+    /// backups too, in the same runs.
+    pub fn shapes(&self, shapes: &[Shape], baseline: Option<&Path>) {
+        self.pg.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {SEQ_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}' IN ROLE {ROLE}; \
+                 ALTER ROLE {SEQ_ROLE} SET enable_indexonlyscan = off"
+            ),
+        );
         println!(
-            "\n## Two dump shapes: floor against the default backup (seipdv1 zip-2), median of {} runs\n",
+            "\n## Two dump shapes: floor against the default backup (seipdv1 zip-2), median of {} interleaved runs\n",
             self.runs
         );
         println!(
@@ -370,18 +421,17 @@ impl Bench {
                 .stdout
                 .len();
             let gb = plain as f64 / 1e9;
-            let floor = medians(&self.floor_runs(shape));
-            let planner = medians(&self.backup_runs(shape, CountPlan::Planner));
-            let seq = medians(&self.backup_runs(shape, CountPlan::Seq));
+            let rows = self.interleaved(shape, baseline);
+            let load1 = loadavg();
             let (c_planner, scans_planner, mb_planner) =
                 self.count_alone(shape.db, CountPlan::Planner);
             let (c_seq, scans_seq, mb_seq) = self.count_alone(shape.db, CountPlan::Seq);
-            let (c_planner, c_seq) = (medians(&c_planner), medians(&c_seq));
             let via = match shape.via {
                 Via::Tcp => "TCP",
                 Via::Socket => "Unix socket",
             };
             let label = format!("{}, {:.0} MB, {via}", shape.name, plain as f64 / 1e6);
+            let floor = medians(&rows[0].1);
             let row = |name: &str, r: &Run, vs: bool| {
                 println!(
                     "| {label} | {name} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
@@ -403,36 +453,27 @@ impl Bench {
                     },
                 );
             };
-            row("floor: `pg_dump > /dev/null`", &floor, true);
-            row(
-                "ours: `cutterctl backup` (default), count by the planner",
-                &planner,
-                true,
-            );
-            row(
-                "ours: `cutterctl backup` (default), count by seq scans",
-                &seq,
-                true,
-            );
+            for (name, runs) in &rows {
+                row(name, &medians(runs), true);
+            }
             row(
                 &format!(
                     "the snapshot's count alone, planner: {scans_planner}, {mb_planner:.0} MB of pages"
                 ),
-                &c_planner,
+                &medians(&c_planner),
                 false,
             );
             row(
                 &format!(
                     "the snapshot's count alone, forced: {scans_seq}, {mb_seq:.0} MB of pages"
                 ),
-                &c_seq,
+                &medians(&c_seq),
                 false,
             );
             notes.push(format!(
-                "{}: heap {:.0} MB; load average before {load0}, after {}",
+                "{}: heap {:.0} MB; load average (1, 5, 15 min) before {load0}, after the backups {load1}",
                 shape.name,
                 self.heap_mb(shape.db),
-                loadavg()
             ));
         }
         println!();
@@ -440,10 +481,6 @@ impl Bench {
             println!("- {n}");
         }
     }
-}
-
-fn harness_run(cmd: &mut Command) -> std::process::Output {
-    crate::harness::proc::run(cmd)
 }
 
 /// The distinct scan node types under `plan`.

@@ -112,6 +112,8 @@ Options:
   --settings LIST        settings measured on the large dataset
                          [none-1,zip-1,zip-2,zip-3,zlib-2,sequoia:none-1,sequoia:zip-2]
   --sizes LIST           --recovery dump sizes, MB [100,1000]
+  --baseline DIR         also measure DIR/cutter-backupd (another build) in
+                         the two shapes, interleaved with this build's runs
   -h, --help             this text
 ";
 
@@ -224,8 +226,15 @@ fn main() {
             via: fastdump::Via::Socket,
         },
     ];
+    let baseline = std::env::args()
+        .skip_while(|a| a != "--baseline")
+        .nth(1)
+        .map(PathBuf::from);
     if shapes_only {
-        b.shapes(&shapes[..if fast_mb > 0 { 2 } else { 1 }]);
+        b.shapes(
+            &shapes[..if fast_mb > 0 { 2 } else { 1 }],
+            baseline.as_deref(),
+        );
         return;
     }
     let plain = b.plain_size("directus_large");
@@ -241,7 +250,7 @@ fn main() {
     );
     b.small("directus_small", small_runs);
     if fast_mb > 0 {
-        b.shapes(&shapes);
+        b.shapes(&shapes, baseline.as_deref());
     }
 }
 
