@@ -107,10 +107,14 @@ impl Bench {
             let local = self.one(local_dir.path(), db, (algo, level), None, "local-1");
             let artifact = local_dir.path().join("backups/local-1.sql.gpg");
             let weed = fresh();
-            let weed0 = weed.pid().map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
+            let weed0 = weed
+                .pid()
+                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64());
             let stock = stock_upload(&weed, &artifact, &format!("stock/{algo}"));
-            let stock_weed_cpu =
-                weed.pid().map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64()) - weed0;
+            let stock_weed_cpu = weed
+                .pid()
+                .map_or(0.0, |p| measure::cpu_of(p, true).as_secs_f64())
+                - weed0;
             drop(weed);
             drop(local_dir);
             let weed = fresh();
