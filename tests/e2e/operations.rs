@@ -168,7 +168,7 @@ fn truncated_artifact_and_missing_manifest() {
 /// Makes a backup look `days` old by editing its manifest (not the
 /// artifact) and signing it again with the daemon's key: what the daemon
 /// would have written on that day.
-fn age(world: &World, run_id: &str, created_at: &str) {
+pub(crate) fn age(world: &World, run_id: &str, created_at: &str) {
     let path = world.backups.join(format!("{run_id}.manifest.json"));
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");

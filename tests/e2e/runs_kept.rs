@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::harness::proc::run;
 use crate::harness::runs::keep_copies;
 use crate::harness::{Daemon, Grants, KeyKind, World, text};
+use crate::operations::age;
 
 /// Read syscalls the process made so far (`syscr` of /proc/PID/io, all
 /// threads, exited ones included).
@@ -166,17 +167,6 @@ fn agree(daemon: &Daemon, want_runs: u64) -> u64 {
     assert_eq!(said, seen, "reported from memory vs. listed");
     assert_eq!(seen.runs, want_runs);
     seen.runs
-}
-
-/// Makes a run look old by re-signing its manifest with an older date.
-fn age(world: &World, run_id: &str, created_at: &str) {
-    let path = world.backups.join(format!("{run_id}.manifest.json"));
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
-    m["created_at"] = created_at.into();
-    let bytes = serde_json::to_vec_pretty(&m).expect("json");
-    std::fs::write(&path, &bytes).expect("write");
-    world.sign_as_daemon(run_id, &bytes);
 }
 
 /// Waits until Status names `dir` (a reload was applied).
