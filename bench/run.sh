@@ -5,7 +5,9 @@
 # `--recovery [--sizes 100,1000]` measures restore --beside-live, diff and
 # revert on one table with 1% of its rows changed; `--offsite` measures
 # instead the upload of the large artifact to a
-# throwaway SeaweedFS (throughput, daemon peak RSS).
+# throwaway SeaweedFS (throughput, daemon peak RSS); `--runs-kept
+# 1,1000,10000 [--small-runs N]` measures backup, selftest, status and list
+# latency with that many runs kept in backup.dir (tiny fixture).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

@@ -19,6 +19,7 @@ mod fastdump;
 mod measure;
 mod offsite;
 mod recovery;
+mod runs_kept;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -94,8 +95,12 @@ Modes (each runs only that part):
                          socket; floor against the default backup, with wall
                          time and CPU-seconds of the daemon, pg_dump and
                          PostgreSQL, and the snapshot's count on its own
-  --offsite              upload of the large artifact to a throwaway SeaweedFS
+  --offsite              the large backup local-only, a stock upload of its
+                         artifact and the streamed required mode, side by
+                         side, against a throwaway SeaweedFS
   --recovery             restore --beside-live, diff and revert (see --sizes)
+  --runs-kept LIST       backup, selftest, status and list latency with N
+                         runs kept, for each N in LIST (e.g. 1,1000,10000)
 
 Options:
   --large-mb N           the governance dataset's plain dump, MB [1000]
@@ -123,15 +128,19 @@ fn main() {
     let small_runs = usize::try_from(arg("--small-runs", 21)).unwrap_or(21);
     let offsite_only = std::env::args().any(|a| a == "--offsite");
     let recovery_only = std::env::args().any(|a| a == "--recovery");
+    let runs_kept: Option<Vec<usize>> = std::env::args()
+        .skip_while(|a| a != "--runs-kept")
+        .nth(1)
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect());
     let shapes_only = std::env::args().any(|a| a == "--fast-dump");
-    let small_mb = if offsite_only || shapes_only {
+    let only_other = recovery_only || runs_kept.is_some();
+    let small_mb = if offsite_only || shapes_only || only_other {
         0
     } else {
         small_mb
     };
-    let large_mb = if recovery_only { 0 } else { large_mb };
-    let small_mb = if recovery_only { 0 } else { small_mb };
-    let fast_mb = if offsite_only || recovery_only {
+    let large_mb = if only_other { 0 } else { large_mb };
+    let fast_mb = if offsite_only || only_other {
         0
     } else {
         arg("--fast-mb", 800)
@@ -163,6 +172,11 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    if runs_kept.is_some() {
+        // The tiny fixture: ten rows a table.
+        pg.psql("postgres", "CREATE DATABASE directus_tiny");
+        harness::proc::run(pg.psql_cmd("directus_tiny").args(["-c", &data::sql(0)]));
+    }
     let gpg = Gpg::new();
     let fpr = gpg.gen_key(KeyKind::Ed25519, "bench <bench@cutter.invalid>");
     let work = tempfile::Builder::new()
@@ -183,6 +197,10 @@ fn main() {
     machine();
     if offsite_only {
         b.offsite("directus_large");
+        return;
+    }
+    if let Some(counts) = runs_kept {
+        b.runs_kept("directus_tiny", &counts, small_runs);
         return;
     }
     if recovery_only {

@@ -44,6 +44,18 @@ pub fn pipe(first: &mut Command, second: &mut Command) -> Duration {
     d
 }
 
+/// CPU time (user + system) the process has used itself and, with
+/// `children`, the children it has waited for (pg_dump for the daemon).
+pub fn cpu_of(pid: u32, children: bool) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // cutime and cstime are fields 16 and 17, so indexes 13 and 14.
+    let ticks = field(11) + field(12) + if children { field(13) + field(14) } else { 0 };
+    Duration::from_millis(ticks * 1000 / clock_ticks())
+}
+
 /// CPU time (user + system) the process has used itself.
 pub fn cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -19,7 +19,7 @@ use crate::systemd::{notify_socket, read_until};
 
 const SERVICE: &str = "cutter.backup.v1.BackupService";
 
-async fn health(daemon: &Daemon) -> ServingStatus {
+pub(crate) async fn health(daemon: &Daemon) -> ServingStatus {
     let channel = cutter_backup::channel(&daemon.socket)
         .await
         .expect("channel");

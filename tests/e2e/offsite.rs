@@ -60,7 +60,7 @@ impl Setup {
         self.world.start(&self.cfg)
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.world.work.path().join("backupd.toml")
     }
 
@@ -69,11 +69,11 @@ impl Setup {
     }
 
     /// `cutterctl args…` without a daemon (the socket is never used).
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> std::process::Output {
         ctl(&self.world.work.path().join("nobody.sock"), args)
     }
 
-    fn restore_args(&self, run_id: &str, db: &str) -> Vec<String> {
+    pub(crate) fn restore_args(&self, run_id: &str, db: &str) -> Vec<String> {
         vec![
             "restore".into(),
             run_id.into(),
@@ -90,11 +90,11 @@ impl Setup {
     }
 }
 
-fn refs(v: &[String]) -> Vec<&str> {
+pub(crate) fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-async fn backup(
+pub(crate) async fn backup(
     d: &Daemon,
     run_id: &str,
 ) -> Result<cutter_backup::v1::BackupEnvelope, tonic::Status> {
@@ -423,6 +423,12 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     let daemon = s.start();
     let env = backup(&daemon, "v1").await.expect("backup");
     let cfg = s.config_path().display().to_string();
+    // The envelope names the object version HEAD confirmed.
+    assert_eq!(
+        s.weed.versions(BUCKET, &s.key("v1.sql.gpg")),
+        vec![env.offsite_version.clone()],
+        "the envelope's offsite_version"
+    );
 
     // The host's own write-only key can still PUT: the intruder writes junk
     // over all three objects. Object Lock keeps the genuine versions below.
@@ -447,6 +453,39 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
         "{t}"
     );
 
+    // The envelope's version is fetched as it is: no walk, no warning.
+    let out = s.ctl(&[
+        "verify",
+        "--offsite",
+        "v1",
+        "--version",
+        &env.offsite_version,
+        "--config",
+        &cfg,
+    ]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && !t.contains("the genuine artifact is an older version"),
+        "{t}"
+    );
+    // The junk's version is named: it does not authenticate.
+    let junk = s
+        .weed
+        .versions(BUCKET, &s.key("v1.sql.gpg"))
+        .into_iter()
+        .find(|v| *v != env.offsite_version)
+        .expect("the junk's version");
+    let out = s.ctl(&[
+        "verify",
+        "--offsite",
+        "v1",
+        "--version",
+        &junk,
+        "--config",
+        &cfg,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+
     // A pin holds every version, the genuine one under the junk included.
     let out = daemon.ctl(&["pin", "v1", "--note", "incident"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -461,6 +500,16 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
     }
 
     std::fs::remove_dir_all(&s.world.backups).expect("rm -rf backups");
+    let mut args = s.restore_args("v1", "from_version");
+    args.extend(["--version".to_owned(), env.offsite_version.clone()]);
+    let out = s.ctl(&refs(&args));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        s.world
+            .pg
+            .count("from_version", "cutter_governance.cut_run"),
+        5000
+    );
     let out = s.ctl(&refs(&s.restore_args("v1", "from_genuine")));
     let t = text(&out);
     assert!(out.status.success(), "{t}");

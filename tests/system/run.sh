@@ -150,8 +150,16 @@ systemd-nspawn --register=no --keep-unit --private-network -D "$work/root" -b \
   < /dev/null > "$work/console.log" 2>&1 &
 nspawn_pid=$!
 cpid=""
-for _ in $(seq 100); do
-  cpid=$(awk '{ print $1 }' "/proc/$nspawn_pid/task/$nspawn_pid/children" 2>/dev/null)
+# The container's init: nspawn's child once it has become systemd (before
+# that exec, and under load, the child is a short-lived helper whose pid
+# nsenter would find gone).
+container_init() {
+  local c
+  c=$(awk '{ print $1 }' "/proc/$nspawn_pid/task/$nspawn_pid/children" 2>/dev/null)
+  [ -n "$c" ] && [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ] && echo "$c"
+}
+for _ in $(seq 300); do
+  cpid=$(container_init)
   [ -n "$cpid" ] && break
   sleep 0.1
 done

@@ -16,8 +16,8 @@ use cutter_core::metrics::Exposition;
 use cutter_core::selftest::{Report, Status as CheckStatus};
 use cutter_core::setup::Setup;
 
-use crate::daemon::summarize;
 use crate::notify;
+use cutter_core::selftest::summarize;
 
 /// How a backup call ended, as counted in `cutter_backup_backups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,16 +109,13 @@ impl Admin {
     /// (a database timeout, a reload in between) never overwrites a newer
     /// verdict.
     pub async fn selftest_done(&self, seq: u64, setup: &Setup, report: &Report) {
+        // From the store's census: listed once, not on every selftest.
         let store = setup.store.clone();
-        let artifacts = tokio::task::spawn_blocking(move || {
-            store.list().ok().map(|entries| {
-                let count = entries.len() as u64;
-                (count, entries.iter().map(|e| e.size_bytes).sum::<u64>())
-            })
-        })
-        .await
-        .ok()
-        .flatten();
+        let artifacts =
+            tokio::task::spawn_blocking(move || store.tally().ok().map(|t| (t.runs, t.bytes)))
+                .await
+                .ok()
+                .flatten();
         let mut newest = self.publishing.lock().await;
         if seq < *newest {
             tracing::debug!(
@@ -144,7 +141,9 @@ impl Admin {
             });
             before != Some(passed)
         };
-        let status = if passed {
+        // Health follows what a caller can get: in async mode backups
+        // complete (and queue) whatever the bucket does.
+        let status = if report.serving() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -301,7 +300,7 @@ impl Admin {
         if let Some(s) = &st.selftest {
             m.single(
                 "cutter_backup_selftest_passed",
-                "1 when the last selftest passed (backups would be taken), else 0.",
+                "1 when no check of the last selftest failed, else 0 (in offsite async mode a lagging upload queue fails it while backups still complete: see cutter_backup_check_passed).",
                 f64::from(u8::from(s.passed)),
             );
             m.single(
@@ -323,6 +322,21 @@ impl Admin {
                 "cutter_backup_check_passed",
                 "1 when the selftest check passed or warned, 0 when it failed.",
                 &checks,
+            );
+            let warned: Vec<_> = s
+                .checks
+                .iter()
+                .map(|(name, status)| {
+                    (
+                        [("check", *name)],
+                        f64::from(u8::from(*status == CheckStatus::Warn)),
+                    )
+                })
+                .collect();
+            m.gauge(
+                "cutter_backup_check_warned",
+                "1 when the selftest check warned (works, needs attention: an offsite bucket down in async mode, say), else 0.",
+                &warned,
             );
             if let Some((count, bytes)) = s.artifacts {
                 m.single(

@@ -17,9 +17,11 @@ use tokio::sync::{Semaphore, watch};
 use cutter_core::backup::{self, Cancel, Producer};
 use cutter_core::config::{Config, OffsiteMode};
 use cutter_core::manifest::Manifest;
+use cutter_core::offsite::Streaming;
 use cutter_core::runid::RunId;
+use cutter_core::selftest::summarize;
 use cutter_core::selftest::{self, Ready, Report};
-use cutter_core::setup::{Setup, shown_key};
+use cutter_core::setup::Setup;
 use cutter_core::store::Store;
 use cutter_core::{Error, ErrorKind};
 
@@ -42,6 +44,8 @@ pub struct Done {
     pub store: Store,
     /// `s3://…` of the confirmed offsite copy (required mode), else empty.
     pub offsite_ref: String,
+    /// The version of that copy's artifact, on a versioned bucket.
+    pub offsite_version: String,
 }
 
 /// The outcome of one flight, shared by every caller of that run_id.
@@ -117,8 +121,8 @@ impl Daemon {
     /// Re-reads the config and env; a broken config keeps the last good one.
     pub async fn reload(&self) -> String {
         notify::reloading();
-        let loaded =
-            Config::load(&self.config_path).and_then(|c| Setup::load(c, Setup::env_fingerprint()));
+        let loaded = Config::load(&self.config_path)
+            .and_then(|c| Setup::load(c, Setup::env_fingerprint(), cutter_offsite::connect));
         let summary = match loaded {
             Ok(setup) => {
                 self.resize_permits(setup.config.backup.max_concurrent);
@@ -197,6 +201,13 @@ impl Daemon {
     /// Abort running backups: pg_dump is killed, partials removed.
     pub fn cancel_running(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves once running backups are cancelled.
+    async fn cancelled(&self) {
+        while !self.cancel.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// The backup for `run_id`, shared with concurrent callers of the same id.
@@ -320,8 +331,9 @@ impl Daemon {
                 reused: true,
                 store: setup.store.clone(),
                 offsite_ref: String::new(),
+                offsite_version: String::new(),
             })
-            .and_then_offsite(self, &setup, id)
+            .and_then_offsite(self, &setup, id, None)
             .await;
         }
         let _permit = Arc::clone(&self.permits)
@@ -329,8 +341,28 @@ impl Daemon {
             .await
             .map_err(|_| Error::Stopping)?;
         let started = Instant::now();
-        match backup::take(&setup, &ready, id, &self.producer, &self.cancel, progress).await {
-            Ok(m) => {
+        // Required mode sends the artifact while it is written.
+        let streaming = match (&setup.config.offsite, &setup.offsite) {
+            (Some(cfg), Some(Ok(o))) if matches!(cfg.mode, OffsiteMode::Required) => {
+                Some(Arc::clone(&o.backend))
+            }
+            _ => None,
+        };
+        let taken = backup::take(
+            &setup,
+            &ready,
+            id,
+            &self.producer,
+            &self.cancel,
+            progress,
+            streaming.as_deref(),
+        )
+        .await;
+        match taken {
+            Ok(backup::Taken {
+                manifest: m,
+                upload,
+            }) => {
                 let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(
                     run_id,
@@ -350,8 +382,9 @@ impl Daemon {
                     reused: false,
                     store: setup.store.clone(),
                     offsite_ref: String::new(),
+                    offsite_version: String::new(),
                 })
-                .and_then_offsite(self, &setup, id)
+                .and_then_offsite(self, &setup, id, upload)
                 .await
             }
             Err(e) => {
@@ -373,22 +406,30 @@ trait ThenOffsite {
         daemon: &Daemon,
         setup: &Setup,
         id: &RunId,
+        upload: Option<Box<dyn Streaming>>,
     ) -> Result<Done, Error>;
 }
 
 impl ThenOffsite for Result<Done, Error> {
-    /// `required`: upload and confirm now, or fail UNAVAILABLE (the local
-    /// artifact stays; a retry of the run_id only uploads). `async`: queue
-    /// it durably and wake the uploader.
+    /// `required`: finish the streamed upload (or upload now) and confirm
+    /// it, or fail UNAVAILABLE (the local artifact stays; a retry of the
+    /// run_id only uploads). `async`: queue it durably and wake the
+    /// uploader.
     async fn and_then_offsite(
         self,
         daemon: &Daemon,
         setup: &Setup,
         id: &RunId,
+        upload: Option<Box<dyn Streaming>>,
     ) -> Result<Done, Error> {
-        let mut done = self?;
-        let Some(cfg) = &setup.config.offsite else {
-            return Ok(done);
+        let (mut done, cfg) = match (self, &setup.config.offsite) {
+            (Ok(done), Some(cfg)) => (done, cfg),
+            (other, _) => {
+                if let Some(u) = upload {
+                    u.abort().await;
+                }
+                return other;
+            }
         };
         let offsite_err = |reason: String| Error::Offsite {
             run_id: id.to_string(),
@@ -402,12 +443,27 @@ impl ThenOffsite for Result<Done, Error> {
         match cfg.mode {
             OffsiteMode::Required => {
                 let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
-                let result = o
-                    .upload(&done.store, id, own.as_ref(), Some(&done.manifest))
-                    .await;
+                let result = match upload {
+                    // The stop grace period ends the upload too: dropping
+                    // it makes its task abort what it sent.
+                    Some(u) => tokio::select! {
+                        r = u.finish(&done.store, &done.manifest, own.as_ref()) => r,
+                        () = daemon.cancelled() => Err(
+                            "the daemon stopped before the upload finished; it was aborted: retry the same run_id to upload".to_owned()
+                        ),
+                    },
+                    None => {
+                        o.backend
+                            .upload(&done.store, id, own.as_ref(), Some(&done.manifest))
+                            .await
+                    }
+                };
                 daemon.admin.offsite_upload(setup, result.is_ok());
                 match result {
-                    Ok(r) => done.offsite_ref = r,
+                    Ok(up) => {
+                        done.offsite_ref = up.url;
+                        done.offsite_version = up.version.unwrap_or_default();
+                    }
                     Err(reason) => {
                         tracing::error!(run_id = %id, error = %reason, "offsite upload failed run_id={id}: {reason}");
                         return Err(offsite_err(reason));
@@ -415,6 +471,9 @@ impl ThenOffsite for Result<Done, Error> {
                 }
             }
             OffsiteMode::Async => {
+                if let Some(u) = upload {
+                    u.abort().await;
+                }
                 let queue = o
                     .queue
                     .as_ref()
@@ -461,11 +520,14 @@ impl Daemon {
                     continue;
                 };
                 let own = setup.signer.as_ref().ok().map(|s| s.public_cert());
-                let result = o.upload(&setup.store, &id, own.as_ref(), None).await;
+                let result = o
+                    .backend
+                    .upload(&setup.store, &id, own.as_ref(), None)
+                    .await;
                 self.admin.offsite_upload(&setup, result.is_ok());
                 let recorded = match &result {
                     Ok(r) => {
-                        tracing::info!(run_id = %id, offsite_ref = %r, attempts = p.attempts + 1, "queued offsite upload done run_id={id}");
+                        tracing::info!(run_id = %id, offsite_ref = %r.url, attempts = p.attempts + 1, "queued offsite upload done run_id={id}");
                         queue.done(&id)
                     }
                     Err(e) => {
@@ -478,18 +540,5 @@ impl Daemon {
                 }
             }
         }
-    }
-}
-
-/// `ready: key …1A2B3C4D, 9 tables` or `FAIL-CLOSED: <failing checks>`.
-pub fn summarize(setup: &Setup, report: &Report) -> String {
-    if report.passed() {
-        format!(
-            "ready: key {}, {} tables",
-            shown_key(&setup.key),
-            setup.tables.len()
-        )
-    } else {
-        format!("FAIL-CLOSED: {}", report.failures())
     }
 }

@@ -17,8 +17,9 @@ use cutter_core::selftest;
 use cutter_core::setup::KeyResolution;
 use cutter_core::{Error, ErrorKind, key};
 
-use crate::daemon::{Daemon, Done, summarize};
+use crate::daemon::{Daemon, Done};
 use crate::{offsite_ops, ops};
+use cutter_core::selftest::summarize;
 
 /// The gRPC face of [`Daemon`].
 #[derive(Clone)]
@@ -72,11 +73,18 @@ impl BackupService for Service {
         }
         let setup = self.0.setup();
         let (report, _) = self.0.selftest(&setup).await;
+        // From the store's census (no listing): count, bytes, and the
+        // newest run this daemon signed (one manifest read when it is good).
         let store = setup.store.clone();
-        let entries = tokio::task::spawn_blocking(move || store.list())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .unwrap_or_default();
+        let own = ops::own_signer(&setup);
+        let (tally, newest) = tokio::task::spawn_blocking(move || {
+            (
+                store.tally().unwrap_or_default(),
+                ops::newest_own(&store, &own),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         let key_expires_at = match &setup.key {
             KeyResolution::Loaded(c, _) => key::usable(c, SystemTime::now())
                 .ok()
@@ -85,18 +93,12 @@ impl BackupService for Service {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        let own = ops::own_signer(&setup);
-        let last_backup = entries
-            .iter()
-            .filter_map(|e| ops::authentic(e, &own).ok())
-            .max_by(|a, b| a.created_at.cmp(&b.created_at))
-            .map(|m| LastBackup {
-                run_id: m.run_id.clone(),
-                created_at: m.created_at.clone(),
-                size_bytes: m.size_bytes,
-                sha256: m.sha256.clone(),
-            });
-        let artifact_bytes = entries.iter().map(|e| e.size_bytes).sum();
+        let last_backup = newest.map(|m| LastBackup {
+            run_id: m.run_id,
+            created_at: m.created_at,
+            size_bytes: m.size_bytes,
+            sha256: m.sha256,
+        });
         Ok(Response::new(StatusReport {
             version: cutter_backup::VERSION.to_owned(),
             source_commit: cutter_backup::SOURCE_COMMIT.to_owned(),
@@ -110,8 +112,8 @@ impl BackupService for Service {
                 .unwrap_or_default(),
             key_expires_at,
             last_backup,
-            artifact_count: entries.len() as u64,
-            artifact_bytes,
+            artifact_count: tally.runs,
+            artifact_bytes: tally.bytes,
             backup_dir: setup.store.dir().display().to_string(),
             disk_free_bytes: selftest::free_bytes(setup.store.dir()).unwrap_or(0),
             tables_in_scope: u32::try_from(setup.tables.len()).unwrap_or(u32::MAX),
@@ -217,6 +219,7 @@ fn envelope(done: &Done) -> BackupEnvelope {
         signature_ref: store.signature_path(id).display().to_string(),
         signer_fpr: done.signer_fpr.clone(),
         offsite_ref: done.offsite_ref.clone(),
+        offsite_version: done.offsite_version.clone(),
     }
 }
 

@@ -11,7 +11,6 @@ use cutter_backup::v1::{
 };
 use cutter_core::runid::RunId;
 use cutter_core::setup::Setup;
-use cutter_core::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX};
 
 /// A run this host has in the bucket: (artifact size, last modified).
 type RemoteRuns = BTreeMap<String, (u64, i64)>;
@@ -23,28 +22,15 @@ pub async fn remote_runs(setup: &Setup) -> Option<Result<RemoteRuns, String>> {
         Ok(o) => o,
         Err(why) => return Some(Err(why.clone())),
     };
-    let listed = match o.bucket.list(&o.host).await {
+    let host = o.backend.host();
+    let listed = match o.backend.list(Some(host)).await {
         Ok(l) => l,
         Err(e) => return Some(Err(e)),
     };
-    let base = o.bucket.key(&format!("{}/", o.host));
-    let mut sizes = BTreeMap::new();
-    let mut complete = Vec::new();
-    for l in &listed {
-        let Some(name) = l.key.strip_prefix(&base) else {
-            continue;
-        };
-        if let Some(id) = name.strip_suffix(ARTIFACT_SUFFIX) {
-            sizes.insert(id.to_owned(), (l.size, l.modified));
-        } else if let Some(id) = name.strip_suffix(MANIFEST_SUFFIX)
-            && RunId::parse(id).is_ok()
-        {
-            complete.push(id.to_owned());
-        }
-    }
-    Some(Ok(complete
+    Some(Ok(listed
         .into_iter()
-        .filter_map(|id| sizes.get(&id).map(|s| (id, *s)))
+        .filter(|r| r.complete && r.host == host)
+        .map(|r| (r.run_id, (r.size_bytes, r.modified_unix)))
         .collect()))
 }
 
@@ -108,30 +94,15 @@ pub async fn hold(setup: &Setup, run_id: &str, on: bool) -> Result<(), Status> {
         return Ok(());
     };
     let id = RunId::parse(run_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let akey = o.key(&o.host, &id, ARTIFACT_SUFFIX);
-    let unavailable = |e: String| {
+    let held = o.backend.hold(&id, on).await.map_err(|e| {
         Status::unavailable(format!(
             "{} locally, but the offsite legal hold failed: {e}",
             if on { "pinned" } else { "unpinned" }
         ))
-    };
-    let present = match o.bucket.versions(&akey).await.map_err(unavailable)? {
-        Some(versions) => !versions.is_empty(),
-        None => o
-            .bucket
-            .head(&akey, None)
-            .await
-            .map_err(unavailable)?
-            .is_some(),
-    };
-    if !present {
-        return Ok(());
+    })?;
+    if held {
+        tracing::info!(run_id, on, "offsite legal hold changed");
     }
-    if !o.bucket.info().await.map_err(unavailable)?.object_lock {
-        return Ok(());
-    }
-    o.hold(&id, on).await.map_err(unavailable)?;
-    tracing::info!(run_id, on, "offsite legal hold changed");
     Ok(())
 }
 
@@ -153,7 +124,7 @@ pub async fn prune(setup: &Setup, reply: &mut PruneReply) {
         let Ok(id) = RunId::parse(&d.run_id) else {
             continue;
         };
-        let note = match o.prune(&id).await {
+        let note = match o.backend.prune(&id).await {
             Ok(None) => "offsite copy deleted".to_owned(),
             Ok(Some(why)) => format!("offsite copy kept: {why}"),
             Err(e) => format!("offsite copy not deleted: {e}"),

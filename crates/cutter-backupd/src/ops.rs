@@ -10,7 +10,7 @@ use cutter_backup::v1::{
     ArtifactInfo, ArtifactState, ListReply, PruneAction, PruneDecision, PruneReply, VerifyReply,
     VerifyResult,
 };
-use cutter_core::manifest::Manifest;
+use cutter_core::manifest::{Manifest, SignedManifest};
 use cutter_core::offsite::Queue;
 use cutter_core::retention::{self, Action, Policy};
 use cutter_core::runid::RunId;
@@ -65,10 +65,20 @@ pub fn authentic<'a>(e: &'a Entry, signers: &[Cert]) -> Result<&'a Manifest, Str
     }
 }
 
-/// Every run, newest first.
+/// The newest run this daemon signed (by `created_at`), from the store's
+/// census: one manifest read when the newest is genuine, no listing.
+pub fn newest_own(store: &Store, own: &[Cert]) -> Option<Manifest> {
+    let accept = |id: &RunId, m: &SignedManifest| verify::authenticate(id, m, own).is_ok();
+    store.newest(&accept).ok().flatten().map(|m| m.manifest)
+}
+
+/// Every run, newest first. Each is turned into its reply entry as the
+/// directory is read, so no manifest is held longer than that.
 pub fn list(store: &Store, signers: &[Cert]) -> Result<ListReply, Status> {
-    let entries = store.list().map_err(|e| Status::internal(e.to_string()))?;
-    let mut artifacts: Vec<ArtifactInfo> = entries.iter().map(|e| info(e, signers)).collect();
+    let mut artifacts = Vec::new();
+    store
+        .each(|e| artifacts.push(info(&e, signers)))
+        .map_err(|e| Status::internal(e.to_string()))?;
     artifacts.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)

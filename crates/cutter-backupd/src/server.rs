@@ -36,7 +36,8 @@ pub async fn run(
         .context("registering signal handlers")?
         .split();
     peer::reachable(&config.server.allowed_uids).map_err(anyhow::Error::msg)?;
-    let setup = Setup::load(config, Setup::env_fingerprint()).context("loading the config")?;
+    let setup = Setup::load(config, Setup::env_fingerprint(), cutter_offsite::connect)
+        .context("loading the config")?;
     recover(&setup);
     let socket = setup.config.server.socket.clone();
     let grace = Duration::from_secs(setup.config.server.stop_grace_secs);
@@ -120,20 +121,14 @@ pub async fn run(
 }
 
 /// Seeds the metrics' last success from the newest manifest this daemon
-/// signed (the directory may be missing: selftest says so).
+/// signed (the directory may be missing: selftest says so). The first use
+/// of the store's census: the one listing at start.
 async fn seed_last_success(setup: &Setup, admin: &Admin) {
     let own = crate::ops::own_signer(setup);
     let store = setup.store.clone();
     let newest = tokio::task::spawn_blocking(move || {
-        let entries = store.list().ok()?;
-        entries
-            .iter()
-            .filter_map(|e| crate::ops::authentic(e, &own).ok())
-            .filter_map(|m| {
-                cutter_core::time::parse_rfc3339(&m.created_at)
-                    .map(|t| (t, m.duration_ms, m.size_bytes))
-            })
-            .max_by_key(|(t, _, _)| *t)
+        let m = crate::ops::newest_own(&store, &own)?;
+        cutter_core::time::parse_rfc3339(&m.created_at).map(|t| (t, m.duration_ms, m.size_bytes))
     })
     .await
     .ok()

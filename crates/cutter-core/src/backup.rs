@@ -18,15 +18,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Compression, TableName};
 use crate::copyrows::CopyRows;
+use crate::db::Snapshot;
 use crate::encrypt::{HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
 use crate::key::UsableKey;
 use crate::manifest::{FORMAT, Manifest, Recipient, TableRows};
+use crate::offsite::{Backend, PartPlan, Streaming};
 use crate::pgdump::Dump;
 use crate::runid::RunId;
 use crate::selftest::Ready;
 use crate::setup::Setup;
-use crate::store::ARTIFACT_SUFFIX;
+use crate::store::{ARTIFACT_SUFFIX, PartialFile};
 use crate::time::rfc3339;
 use crate::verify::{Trust, verify};
 
@@ -114,8 +116,19 @@ fn recipients(ready: &Ready) -> Vec<Recipient> {
         .collect()
 }
 
+/// A committed backup, and its offsite upload when it streamed.
+pub struct Taken {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The streamed upload, to finish after the commit (see
+    /// [`crate::offsite::Streaming`]).
+    pub upload: Option<Box<dyn Streaming>>,
+}
+
 /// Takes the backup for `run_id` and returns its manifest.
-/// `progress` counts plaintext bytes as they are dumped.
+/// `progress` counts plaintext bytes as they are dumped. With `offsite`,
+/// the artifact is sent while it is written; a failed backup aborts that
+/// upload before it returns, so nothing is left behind offsite either.
 pub async fn take(
     setup: &Setup,
     ready: &Ready,
@@ -123,14 +136,74 @@ pub async fn take(
     producer: &Producer,
     cancel: &Cancel,
     progress: &Arc<AtomicU64>,
-) -> Result<Manifest> {
+    offsite: Option<&dyn Backend>,
+) -> Result<Taken> {
     let started = Instant::now();
     crate::failpoint::pause("backup-before-snapshot").await;
-    let mut snapshot = setup.db.snapshot(ready.tables()).await?;
+    let snapshot = setup.db.snapshot(ready.tables()).await?;
     let mut partial = setup.store.create_partial_artifact(run_id)?;
     let file = partial
         .take_file()
         .ok_or_else(|| Error::Internal("partial file already taken".into()))?;
+    // A file that cannot be shared is sent after the commit instead.
+    let upload = offsite.and_then(|b| b.stream(run_id, file.try_clone().ok()?));
+    let parts = upload.as_ref().map(|u| u.parts());
+    let written = write(
+        Job {
+            setup,
+            ready,
+            run_id,
+            producer,
+            cancel,
+            progress,
+            started,
+        },
+        snapshot,
+        partial,
+        file,
+        parts,
+    )
+    .await;
+    match written {
+        Ok(manifest) => Ok(Taken { manifest, upload }),
+        Err(e) => {
+            if let Some(u) = upload {
+                u.abort().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What one backup is, for [`write`].
+struct Job<'a> {
+    setup: &'a Setup,
+    ready: &'a Ready,
+    run_id: &'a RunId,
+    producer: &'a Producer,
+    cancel: &'a Cancel,
+    progress: &'a Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// Dumps, encrypts and writes the artifact (cutting `parts` when
+/// streaming), checks the counts, signs and commits.
+async fn write(
+    job: Job<'_>,
+    mut snapshot: Snapshot,
+    partial: PartialFile,
+    file: File,
+    parts: Option<PartPlan>,
+) -> Result<Manifest> {
+    let Job {
+        setup,
+        ready,
+        run_id,
+        producer,
+        cancel,
+        progress,
+        started,
+    } = job;
     let packing = Packing {
         compression: setup.config.backup.compression,
         level: setup.config.backup.compression_level,
@@ -145,7 +218,7 @@ pub async fn take(
     .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump().display())))?;
     let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
     let (streamed, counts) = tokio::join!(
-        supervise(dump, file, ready, packing, cancel, progress, stall),
+        supervise(dump, (file, parts), ready, packing, cancel, progress, stall),
         snapshot.count(ready.tables())
     );
     if let Err(e) = snapshot.release().await {
@@ -232,7 +305,7 @@ fn check_counts(counts: &[(TableName, u64)], copy_rows: &[(String, u64)]) -> Res
 /// group, which ends the stream; the partial file is then dropped.
 async fn supervise(
     dump: Dump,
-    file: File,
+    file: (File, Option<PartPlan>),
     ready: &Ready,
     packing: Packing,
     cancel: &Cancel,
@@ -278,7 +351,7 @@ async fn supervise(
 
 fn run_dump(
     mut dump: Dump,
-    file: File,
+    file: (File, Option<PartPlan>),
     ready: &Ready,
     packing: Packing,
     progress: Arc<AtomicU64>,
@@ -298,10 +371,11 @@ fn run_dump(
     }
 }
 
-/// Pipes the dump through encryption into `file` and fsyncs it.
+/// Pipes the dump through encryption into `file` and fsyncs it, cutting
+/// offsite parts when given a plan.
 fn stream(
     dump: &mut Dump,
-    file: File,
+    (file, parts): (File, Option<PartPlan>),
     ready: &Ready,
     packing: Packing,
     progress: Arc<AtomicU64>,
@@ -317,7 +391,7 @@ fn stream(
         .name("dump-reader".into())
         .spawn(move || read_dump(stdout, &full_tx, &empty_rx, &progress))
         .map_err(|e| Error::Internal(format!("cannot start the reader thread: {e}")))?;
-    let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file));
+    let mut sink = HashingWriter::new(BufWriter::with_capacity(WRITE_BUFFER, file)).cutting(parts);
     let keys: Vec<UsableKey> = ready.keys().cloned().collect();
     let encrypted = encrypt(
         full_rx.iter(),
@@ -344,6 +418,7 @@ fn stream(
         .map_err(|_| Error::Internal("the reader thread panicked".into()))?
         .map_err(|e| Error::PgDump(format!("reading pg_dump's output: {e}")))?;
     let plaintext_bytes = encrypted?;
+    let last = sink.last_part();
     let (mut writer, sha256, size_bytes) = sink.finish();
     let io = |action: &'static str, e: io::Error| Error::io(action, "the partial artifact", e);
     writer.flush().map_err(|e| io("write", e))?;
@@ -351,6 +426,9 @@ fn stream(
         .into_inner()
         .map_err(|e| io("write", e.into_error()))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
+    if let Some(last) = last {
+        last.send();
+    }
     Ok(Streamed {
         sha256,
         size_bytes,

@@ -125,6 +125,11 @@ pub struct OffsiteConfig {
     /// upload (1 s, 2 s, 4 s … up to this).
     #[serde(default = "default_retry_max")]
     pub retry_max_secs: u64,
+    /// The longest the selftest's `offsite` check waits for the service
+    /// (it runs beside the other checks, so a slow bucket delays a
+    /// backup's selftest by at most this).
+    #[serde(default = "default_check_timeout")]
+    pub check_timeout_secs: u64,
 }
 
 fn default_region() -> String {
@@ -156,6 +161,9 @@ fn default_max_attempts() -> u32 {
 }
 fn default_retry_max() -> u64 {
     300
+}
+fn default_check_timeout() -> u64 {
+    5
 }
 
 /// `s3://bucket/prefix`, split and checked.
@@ -243,9 +251,13 @@ impl OffsiteConfig {
         if self.lock_days > 36500 {
             return Err("offsite.lock_days must be at most 36500".into());
         }
-        if self.request_timeout_secs == 0 || self.max_attempts == 0 || self.max_lag_secs == 0 {
+        if self.request_timeout_secs == 0
+            || self.max_attempts == 0
+            || self.max_lag_secs == 0
+            || self.check_timeout_secs == 0
+        {
             return Err(
-                "offsite.request_timeout_secs, offsite.max_attempts and offsite.max_lag_secs must be at least 1"
+                "offsite.request_timeout_secs, offsite.max_attempts, offsite.max_lag_secs and offsite.check_timeout_secs must be at least 1"
                     .into(),
             );
         }

@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::config::{FprSource, TableName, quote_ident};
+use crate::config::{FprSource, OffsiteMode, TableName, quote_ident};
 use crate::db::{SequenceState, ServerInfo, TableState};
 use crate::error::{Error, ErrorKind};
 use crate::key::{UsableKey, shown, usable};
+use crate::offsite::{Offsite, Queue, queue};
 use crate::pgdump::{self, PgDumpVersion};
 use crate::setup::{KeyResolution, Setup};
 use crate::signer::Signer;
@@ -62,6 +63,10 @@ pub struct Report {
     pub key_expires_at: Option<SystemTime>,
     /// Free bytes in `backup.dir` and what a backup needs (estimate + margin).
     pub space: Option<(u64, u64)>,
+    /// A backup completes only when the `offsite` check passes: in
+    /// `offsite.mode = "required"`, or when `[offsite]` cannot be set up
+    /// at all (async mode cannot even queue then).
+    pub offsite_guards: bool,
 }
 
 impl Report {
@@ -86,6 +91,19 @@ impl Report {
         self.checks
             .iter()
             .all(|c| c.status != Status::Fail || c.name == OFFSITE)
+    }
+
+    /// A caller gets a complete backup: no check that guards it FAILed
+    /// (the `offsite` check guards it only in required mode; in async
+    /// mode backups complete and queue, and its verdict is a warning to
+    /// the operator, in STATUS and the metrics). gRPC health serves this.
+    pub fn serving(&self) -> bool {
+        self.backup_ready()
+            && !(self.offsite_guards
+                && self
+                    .checks
+                    .iter()
+                    .any(|c| c.name == OFFSITE && c.status == Status::Fail))
     }
 
     /// The error a backup returns when this report has a FAIL.
@@ -160,6 +178,18 @@ impl Ready {
 pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
     let now = SystemTime::now();
     let mut report = Report::default();
+    // The offsite check runs beside the others, bounded in time, so a slow
+    // bucket delays a backup's selftest by at most its bound.
+    let offsite = setup
+        .offsite
+        .clone()
+        .map(|o| tokio::spawn(check_offsite(o)));
+    report.offsite_guards = matches!(setup.offsite, Some(Err(_)))
+        || setup
+            .config
+            .offsite
+            .as_ref()
+            .is_some_and(|o| matches!(o.mode, OffsiteMode::Required));
     let key = check_key(setup, now, &mut report);
     let signer = check_signer(setup, &mut report);
     let additional = check_additional(setup, now, &mut report);
@@ -179,7 +209,15 @@ pub async fn run(setup: &Setup) -> (Report, Option<Ready>) {
         }
     };
     check_backup_dir(setup, sizes, &mut report);
-    check_offsite(setup, &mut report).await;
+    if let Some(check) = offsite {
+        let (status, detail) = check.await.unwrap_or_else(|e| {
+            (
+                Status::Fail,
+                format!("the offsite check failed to run: {e}"),
+            )
+        });
+        report.push(OFFSITE, status, detail);
+    }
     let ready = match (report.backup_ready(), key, pg_dump, server, signer) {
         (true, Some(key), Some((pg_dump, pg_dump_version)), Some(server), Some(signer)) => {
             Some(Ready {
@@ -645,15 +683,97 @@ fn check_backup_dir(setup: &Setup, estimate: Option<u64>, report: &mut Report) {
     );
 }
 
-async fn check_offsite(setup: &Setup, report: &mut Report) {
-    match &setup.offsite {
-        None => {}
-        Some(Err(why)) => report.push(OFFSITE, Status::Fail, why.clone()),
-        Some(Ok(o)) => {
-            let (status, detail) = o.check().await;
-            report.push(OFFSITE, status, detail);
-        }
+/// The `offsite` check: the backend's probe within
+/// `offsite.check_timeout_secs`, then the async queue's lag.
+async fn check_offsite(o: Result<Arc<Offsite>, String>) -> (Status, String) {
+    let o = match o {
+        Ok(o) => o,
+        Err(why) => return (Status::Fail, why),
+    };
+    let within = Duration::from_secs(o.config.check_timeout_secs);
+    let probed = tokio::time::timeout(within, o.backend.probe()).await;
+    let (status, detail) = match probed {
+        Ok(Ok(probe)) if probe.warnings.is_empty() => (Status::Pass, probe.detail),
+        Ok(Ok(probe)) => (
+            Status::Warn,
+            format!("{}; {}", probe.detail, probe.warnings.join("; ")),
+        ),
+        Ok(Err(e)) => (Status::Fail, e),
+        Err(_) => (
+            Status::Fail,
+            format!(
+                "no answer from {} within {} s (offsite.check_timeout_secs): is the service up, and offsite.endpoint right?",
+                o.backend.endpoint(),
+                within.as_secs()
+            ),
+        ),
+    };
+    // Async mode: backups complete and queue; the queue's lag (below)
+    // says when the operator must act.
+    let status = match (status, &o.config.mode) {
+        (Status::Fail, OffsiteMode::Async) => Status::Warn,
+        (s, _) => s,
+    };
+    with_queue(o.queue.as_ref(), o.config.max_lag_secs, status, detail)
+}
+
+/// The one-line verdict for STATUS and systemd: `ready: key …1A2B3C4D, 9
+/// tables` (with what WARNs or an async offsite FAIL adds), or
+/// `FAIL-CLOSED: <failing checks>`.
+pub fn summarize(setup: &Setup, report: &Report) -> String {
+    if !report.serving() {
+        return format!("FAIL-CLOSED: {}", report.failures());
     }
+    let ready = format!(
+        "ready: key {}, {} tables",
+        crate::setup::shown_key(&setup.key),
+        setup.tables.len()
+    );
+    if report.passed() {
+        ready
+    } else {
+        format!("{ready}; {}", report.failures())
+    }
+}
+
+/// Adds the async queue's state: pending uploads WARN, and FAIL once the
+/// oldest has waited past `offsite.max_lag_secs`.
+fn with_queue(
+    queue: Option<&Queue>,
+    max_lag_secs: u64,
+    status: Status,
+    mut detail: String,
+) -> (Status, String) {
+    let pending = queue.map(Queue::list).unwrap_or_default();
+    let Some(oldest) = pending.first() else {
+        return (status, detail);
+    };
+    let age = queue::now().saturating_sub(oldest.enqueued_at);
+    let last = pending
+        .iter()
+        .rev()
+        .find(|p| !p.last_error.is_empty())
+        .map(|p| format!("; last error ({}): {}", p.run_id, p.last_error))
+        .unwrap_or_default();
+    let lagging = age > max_lag_secs;
+    detail.push_str(&format!(
+        "; {} upload(s) pending, oldest {} for {age} s{}{last}",
+        pending.len(),
+        oldest.run_id,
+        if lagging {
+            format!(
+                ", past offsite.max_lag_secs = {max_lag_secs}: fix the offsite service or credentials"
+            )
+        } else {
+            String::new()
+        }
+    ));
+    let status = match status {
+        Status::Fail => Status::Fail,
+        _ if lagging => Status::Fail,
+        _ => Status::Warn,
+    };
+    (status, detail)
 }
 
 /// Bytes available to the daemon on the file system holding `dir`.
@@ -665,6 +785,62 @@ pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runid::RunId;
+
+    #[test]
+    fn health_serves_what_a_caller_can_get() {
+        let report = |offsite: Status, guards: bool| Report {
+            checks: vec![
+                Check {
+                    name: "key",
+                    status: Status::Pass,
+                    detail: String::new(),
+                },
+                Check {
+                    name: OFFSITE,
+                    status: offsite,
+                    detail: String::new(),
+                },
+            ],
+            offsite_guards: guards,
+            ..Report::default()
+        };
+        // Async mode: backups complete and queue whatever the bucket does.
+        assert!(report(Status::Fail, false).serving());
+        assert!(!report(Status::Fail, false).passed());
+        // Required mode (or an [offsite] that cannot be set up): they do not.
+        assert!(!report(Status::Fail, true).serving());
+        assert!(report(Status::Warn, true).serving());
+        let mut local = report(Status::Pass, false);
+        local.checks[0].status = Status::Fail;
+        assert!(!local.serving());
+    }
+
+    #[test]
+    fn pending_uploads_warn_then_fail_past_max_lag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(&dir.path().join("q")).expect("queue");
+        let check = || with_queue(Some(&q), 600, Status::Pass, "ok".into());
+        assert_eq!(check().0, Status::Pass);
+        let id = RunId::parse("r1").expect("id");
+        q.push(&id).expect("push");
+        let (st, detail) = check();
+        assert_eq!(st, Status::Warn, "{detail}");
+        assert!(
+            detail.contains("1 upload(s) pending, oldest r1"),
+            "{detail}"
+        );
+        let mut p = q.get(&id).expect("queued");
+        p.enqueued_at -= 601;
+        p.last_error = "HTTP 503".into();
+        q.write(&p).expect("write");
+        let (st, detail) = check();
+        assert_eq!(st, Status::Fail, "{detail}");
+        assert!(
+            detail.contains("past offsite.max_lag_secs = 600") && detail.contains("HTTP 503"),
+            "{detail}"
+        );
+    }
 
     fn state(schema: &str, name: &str, exists: bool, select: bool, usage: bool) -> TableState {
         TableState {

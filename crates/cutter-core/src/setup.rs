@@ -11,7 +11,7 @@ use crate::config::{Config, FPR_ENV, FprSource, KeyConfig, TableName, configured
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::key::{Fingerprint, LoadedCert, load_cert, shown};
-use crate::offsite::Offsite;
+use crate::offsite::{Connect, Offsite};
 use crate::pgdump::{self, PgDumpVersion};
 use crate::signer::Signer;
 use crate::store::Store;
@@ -67,10 +67,12 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Resolves `config`; `env_fpr` is the process's `BACKUP_GPG_FPR`.
-    /// Only a broken config is an error: a missing key or database makes
-    /// selftest FAIL instead, so the daemon stays up and explains.
-    pub fn load(config: Config, env_fpr: Option<String>) -> Result<Self> {
+    /// Resolves `config`; `env_fpr` is the process's `BACKUP_GPG_FPR`;
+    /// `connect` makes the `[offsite]` backend (the daemon hands in
+    /// `cutter_offsite::connect`). Only a broken config is an error: a
+    /// missing key or database makes selftest FAIL instead, so the daemon
+    /// stays up and explains.
+    pub fn load(config: Config, env_fpr: Option<String>, connect: Connect) -> Result<Self> {
         let tables = config.tables().map_err(|reason| Error::ConfigKey {
             key: "backup.tables",
             reason,
@@ -101,7 +103,7 @@ impl Setup {
         let offsite = config
             .offsite
             .as_ref()
-            .map(|o| Offsite::new(o).map(Arc::new));
+            .map(|o| Offsite::new(o, connect).map(Arc::new));
         Ok(Self {
             offsite,
             config,

@@ -134,7 +134,7 @@ pub fn run(d: &Drill, json: bool) -> anyhow::Result<bool> {
         let database = format!("cutter_drill_{}", &scratch::random_token()?[..12]);
         let cluster = ConnTarget::parse(&d.into_cluster, None).context("--into-cluster")?;
         if d.from_offsite && d.host.is_none() {
-            rec.host = crate::offsite::client(&config)?.host;
+            rec.host = crate::offsite::client(&config)?.host().to_owned();
         }
         Ok::<_, anyhow::Error>((config, database, cluster))
     })();
@@ -302,7 +302,7 @@ fn newest(d: &Drill, config: &Config, host: &str) -> anyhow::Result<RunId> {
     let signers = crate::offsite::signers(&d.signer, config)?;
     if d.from_offsite {
         let o = crate::offsite::client(config)?;
-        return block(crate::offsite::newest_complete(&o, host))?
+        return block(crate::offsite::newest_complete(o.as_ref(), host))?
             .with_context(|| format!("no complete run of host {host} in the bucket"));
     }
     let store = Store::new(&config.backup.dir)?;

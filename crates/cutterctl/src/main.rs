@@ -84,6 +84,10 @@ enum Command {
         /// With --offsite: the host whose copies to check (default: this one).
         #[arg(long, requires = "offsite")]
         host: Option<String>,
+        /// With --offsite: the object version the envelope recorded
+        /// (`offsite_version`); exactly that version is checked.
+        #[arg(long, requires = "offsite", conflicts_with = "all")]
+        version: Option<String>,
         /// The daemon's config (with --offsite).
         #[arg(long, default_value = cutter_core::config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -182,6 +186,7 @@ async fn without_daemon(command: &Command, json: bool) -> Option<ExitCode> {
             expect_sha256,
             offsite: true,
             host,
+            version,
             config,
         } => offsite::verify(offsite::VerifyArgs {
             config,
@@ -190,6 +195,7 @@ async fn without_daemon(command: &Command, json: bool) -> Option<ExitCode> {
             host: host.as_deref(),
             signer: signer.as_slice(),
             expect_sha256: expect_sha256.as_deref(),
+            version: version.as_deref(),
         })
         .await
         .map(|r| output::verify(&r, json)),

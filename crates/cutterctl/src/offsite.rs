@@ -6,24 +6,25 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cutter_backup::v1::{VerifyReply, VerifyResult};
 use cutter_core::config::Config;
-use cutter_core::offsite::{Offsite, s3};
+use cutter_core::offsite::{Backend, FetchRequest};
 use cutter_core::runid::RunId;
 use cutter_core::signer::{self, Cert};
-use cutter_core::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX};
 use serde::Serialize;
 
-/// The offsite client from `config`'s `[offsite]`, without the queue.
-pub fn client(config: &Config) -> anyhow::Result<Offsite> {
+/// The offsite backend from `config`'s `[offsite]` (no queue: operator
+/// tools never upload).
+pub fn client(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     let cfg = config
         .offsite
         .as_ref()
         .context("the config has no [offsite] section: add it (see docs/offsite.md)")?;
     crate::tls_trust::note_dropped();
-    Offsite::client_only(cfg).map_err(anyhow::Error::msg)
+    cutter_offsite::connect(cfg).map_err(anyhow::Error::msg)
 }
 
 /// Pinned signers: `--signer` files, else `restore.trusted_signers`; none
@@ -53,53 +54,31 @@ struct RemoteRun {
     state: &'static str,
 }
 
-/// Runs under `host` (every host when `None`), by (host, run_id).
-async fn runs(o: &Offsite, host: Option<&str>) -> anyhow::Result<Vec<RemoteRun>> {
-    let listed = o
-        .bucket
-        .list(host.unwrap_or(""))
+/// Runs under `host` (every host when `None`), by host, newest first.
+async fn runs(o: &dyn Backend, host: Option<&str>) -> anyhow::Result<Vec<RemoteRun>> {
+    let mut out: Vec<RemoteRun> = o
+        .list(host)
         .await
-        .map_err(anyhow::Error::msg)?;
-    let mut out = Vec::new();
-    for (h, objects) in s3::by_host(&o.bucket, &listed) {
-        // Key names are the bucket writer's to choose: only host and run
-        // names our rules allow reach the terminal.
-        if cutter_core::config::check_host(&h).is_err() {
-            continue;
-        }
-        let base = o.bucket.key(&format!("{h}/"));
-        let names: Vec<(&str, &s3::Listed)> = objects
-            .iter()
-            .filter_map(|l| l.key.strip_prefix(&base).map(|n| (n, *l)))
-            .collect();
-        for (name, l) in &names {
-            let Some(id) = name.strip_suffix(ARTIFACT_SUFFIX) else {
-                continue;
-            };
-            if RunId::parse(id).is_err() {
-                continue;
-            }
-            let manifest = format!("{id}{MANIFEST_SUFFIX}");
-            let complete = names.iter().any(|(n, _)| *n == manifest);
-            out.push(RemoteRun {
-                host: h.clone(),
-                run_id: id.to_owned(),
-                size_bytes: l.size,
-                modified: cutter_core::time::rfc3339(
-                    std::time::UNIX_EPOCH
-                        + std::time::Duration::from_secs(u64::try_from(l.modified).unwrap_or(0)),
-                ),
-                state: if complete { "complete" } else { "incomplete" },
-            });
-        }
-    }
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|r| RemoteRun {
+            modified: cutter_core::time::rfc3339(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(u64::try_from(r.modified_unix).unwrap_or(0)),
+            ),
+            state: if r.complete { "complete" } else { "incomplete" },
+            host: r.host,
+            run_id: r.run_id,
+            size_bytes: r.size_bytes,
+        })
+        .collect();
     out.sort_by(|a, b| (&a.host, &b.modified, &a.run_id).cmp(&(&b.host, &a.modified, &b.run_id)));
     Ok(out)
 }
 
 /// The newest complete run of `host` in the bucket (by the time its
 /// artifact was written); authenticated later, by whoever fetches it.
-pub async fn newest_complete(o: &Offsite, host: &str) -> anyhow::Result<Option<RunId>> {
+pub async fn newest_complete(o: &dyn Backend, host: &str) -> anyhow::Result<Option<RunId>> {
     let all = runs(o, Some(host)).await?;
     Ok(all
         .into_iter()
@@ -113,7 +92,7 @@ pub async fn newest_complete(o: &Offsite, host: &str) -> anyhow::Result<Option<R
 pub async fn list(config: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let o = client(&config)?;
-    let all = runs(&o, None).await?;
+    let all = runs(o.as_ref(), None).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
@@ -145,6 +124,8 @@ pub struct VerifyArgs<'a> {
     pub signer: &'a [PathBuf],
     /// The envelope's sha256.
     pub expect_sha256: Option<&'a str>,
+    /// The envelope's offsite_version.
+    pub version: Option<&'a str>,
 }
 
 /// `cutterctl verify --offsite`: re-downloads and re-hashes, streaming.
@@ -152,10 +133,10 @@ pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
     let config = Config::load(a.config)?;
     let o = client(&config)?;
     let signers = signers(a.signer, &config)?;
-    let host = a.host.unwrap_or(&o.host).to_owned();
+    let host = a.host.unwrap_or(o.host()).to_owned();
     cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
     let ids: Vec<String> = if a.all {
-        runs(&o, Some(&host))
+        runs(o.as_ref(), Some(&host))
             .await?
             .into_iter()
             .map(|r| r.run_id)
@@ -168,7 +149,14 @@ pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
         let id = RunId::parse(&run_id)?;
         // A good copy's warnings ride in `reason` (JSON monitoring sees
         // them too); the text output prints them after OK.
-        let (ok, reason) = match o.fetch(&host, &id, &signers, a.expect_sha256).await {
+        let req = FetchRequest {
+            host: &host,
+            id: &id,
+            signers: &signers,
+            expect_sha256: a.expect_sha256,
+            version: a.version,
+        };
+        let (ok, reason) = match o.fetch(req).await {
             Ok(f) => match a.expect_sha256 {
                 Some(want) if !want.eq_ignore_ascii_case(&f.manifest.sha256) => (
                     false,
@@ -182,7 +170,7 @@ pub async fn verify(a: VerifyArgs<'_>) -> anyhow::Result<VerifyReply> {
             Err(e) => (false, e),
         };
         results.push(VerifyResult {
-            artifact_ref: o.bucket.url(&o.key(&host, &id, ARTIFACT_SUFFIX)),
+            artifact_ref: o.artifact_url(&host, &id),
             ok,
             reason,
             run_id,

@@ -1,5 +1,6 @@
 //! What cutterctl prints: text for people, `--json` for scripts.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use cutter_backup::v1::{
@@ -142,17 +143,32 @@ pub fn incomplete_fields(e: &BackupEnvelope) -> Vec<&'static str> {
     missing
 }
 
-/// The backups, newest first.
+/// The backups, newest first, a line at a time through one buffer (not a
+/// write per line: 10,000 runs are 10,000 lines). A reader that goes away
+/// (`| head`) ends it quietly.
 pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
     if as_json {
         print_json(r);
         return ExitCode::SUCCESS;
     }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match list_text(r, &mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cutterctl: cannot print the list: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn list_text(r: &ListReply, out: &mut impl Write) -> std::io::Result<()> {
     let offsite = r
         .artifacts
         .iter()
         .any(|a| a.location() != Location::Unspecified);
-    println!(
+    writeln!(
+        out,
         "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {}state",
         "run_id",
         "created_at",
@@ -161,7 +177,7 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
         "needs key",
         "rows",
         if offsite { "where   " } else { "" }
-    );
+    )?;
     for a in &r.artifacts {
         let keys: Vec<String> = a
             .key_fprs
@@ -188,7 +204,8 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
             Location::Unspecified => String::new(),
             l => format!("{:<8}", short_name(l.as_str_name(), "LOCATION_")),
         };
-        println!(
+        writeln!(
+            out,
             "{:<32} {:<20} {:>10} {:<12} {:<18} {:>9}  {place}{state}",
             clean(&a.run_id),
             clean(&a.created_at),
@@ -196,9 +213,9 @@ pub fn list(r: &ListReply, as_json: bool) -> ExitCode {
             clean(a.sha256.get(..12).unwrap_or(&a.sha256)),
             keys.join(","),
             a.total_rows,
-        );
+        )?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// OK / FAILED per artifact; exit 1 when any FAILED.
@@ -277,8 +294,16 @@ pub fn prune(r: &PruneReply, as_json: bool) -> ExitCode {
 /// Prints a reply as JSON: the generated type itself, so every field of the
 /// contract is there.
 fn print_json<T: serde::Serialize>(reply: &T) {
-    match serde_json::to_string(reply) {
-        Ok(text) => println!("{text}"),
+    // Written as it is serialised, through one buffer (a list of 10,000
+    // runs is megabytes: no second copy of it as a string).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer(&mut out, reply)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         Err(e) => eprintln!("cutterctl: cannot print JSON: {e}"),
     }
 }

@@ -7,6 +7,7 @@ pub mod dumpers;
 pub mod gpg;
 pub mod pg;
 pub mod proc;
+pub mod runs;
 pub mod s3;
 pub mod tls;
 

@@ -151,6 +151,12 @@ impl SeaweedFs {
         std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
     }
 
+    /// The server's process id, while it runs (cutter-bench's CPU count).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `http://127.0.0.1:<s3 port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
@@ -242,6 +248,16 @@ impl SeaweedFs {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// The keys of the multipart uploads in progress (ListMultipartUploads).
+    pub fn multipart_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = block_on(self.client().list_multipart_uploads().bucket(bucket).send())
+            .expect("list multipart uploads");
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect()
     }
 
     /// An object's bytes.

@@ -55,7 +55,7 @@ class TableCount(_message.Message):
     def __init__(self, table: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class BackupEnvelope(_message.Message):
-    __slots__ = ("run_id", "sha256", "size_bytes", "gpg_fpr", "artifact_ref", "created_at", "tables", "manifest_ref", "server_version", "pg_dump_version", "duration_ms", "reused", "recipient_fprs", "signature_ref", "signer_fpr", "offsite_ref")
+    __slots__ = ("run_id", "sha256", "size_bytes", "gpg_fpr", "artifact_ref", "created_at", "tables", "manifest_ref", "server_version", "pg_dump_version", "duration_ms", "reused", "recipient_fprs", "signature_ref", "signer_fpr", "offsite_ref", "offsite_version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class BackupEnvelope(_message.Message):
     SIGNATURE_REF_FIELD_NUMBER: _ClassVar[int]
     SIGNER_FPR_FIELD_NUMBER: _ClassVar[int]
     OFFSITE_REF_FIELD_NUMBER: _ClassVar[int]
+    OFFSITE_VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sha256: str
     size_bytes: int
@@ -88,7 +89,8 @@ class BackupEnvelope(_message.Message):
     signature_ref: str
     signer_fpr: str
     offsite_ref: str
-    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., gpg_fpr: _Optional[str] = ..., artifact_ref: _Optional[str] = ..., created_at: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableCount, _Mapping]]] = ..., manifest_ref: _Optional[str] = ..., server_version: _Optional[str] = ..., pg_dump_version: _Optional[str] = ..., duration_ms: _Optional[int] = ..., reused: _Optional[bool] = ..., recipient_fprs: _Optional[_Iterable[str]] = ..., signature_ref: _Optional[str] = ..., signer_fpr: _Optional[str] = ..., offsite_ref: _Optional[str] = ...) -> None: ...
+    offsite_version: str
+    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., gpg_fpr: _Optional[str] = ..., artifact_ref: _Optional[str] = ..., created_at: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableCount, _Mapping]]] = ..., manifest_ref: _Optional[str] = ..., server_version: _Optional[str] = ..., pg_dump_version: _Optional[str] = ..., duration_ms: _Optional[int] = ..., reused: _Optional[bool] = ..., recipient_fprs: _Optional[_Iterable[str]] = ..., signature_ref: _Optional[str] = ..., signer_fpr: _Optional[str] = ..., offsite_ref: _Optional[str] = ..., offsite_version: _Optional[str] = ...) -> None: ...
 
 class SelftestRequest(_message.Message):
     __slots__ = ()

@@ -10,6 +10,9 @@
 //! and [`sequoia`] (sequoia's own encryptor, whose SHA-1 always detects
 //! collisions; kept for comparison and as a fallback,
 //! `backup.encryptor = "sequoia"`).
+//!
+//! [`HashingWriter`] hashes the ciphertext as it is written and, for a
+//! streamed offsite upload, cuts it into parts hashed in the same pass.
 
 mod framing;
 pub mod seipd;
@@ -30,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Compression, Encryptor};
 use crate::key::{UsableKey, encryption_keys_of};
+use crate::offsite::{Part, PartPlan};
 
 /// A writer that hashes and counts what it passes on.
 pub struct HashingWriter<W> {
@@ -37,6 +41,36 @@ pub struct HashingWriter<W> {
     hasher: Sha256,
     bytes: u64,
     failed: Option<io::ErrorKind>,
+    cutter: Option<Cutter>,
+}
+
+/// Cuts the bytes written into offsite parts, hashing each in the same
+/// pass as the whole (see [`crate::offsite::PartPlan`]).
+struct Cutter {
+    plan: PartPlan,
+    /// The part being filled (1-based), where it starts, what it holds.
+    number: u32,
+    start: u64,
+    taken: u64,
+    hash: Sha256,
+}
+
+/// The last, shorter part of a cut artifact, to hand over once the file
+/// is flushed (see [`HashingWriter::last_part`]).
+#[derive(Debug)]
+pub struct LastPart {
+    plan: PartPlan,
+    part: Option<Part>,
+}
+
+impl LastPart {
+    /// Hands the part over (if there is one) and hangs up: the uploader
+    /// then knows every part.
+    pub fn send(self) {
+        if let Some(p) = self.part {
+            let _ = self.plan.to.send(p);
+        }
+    }
 }
 
 impl<W: Write> HashingWriter<W> {
@@ -47,7 +81,21 @@ impl<W: Write> HashingWriter<W> {
             hasher: Sha256::new(),
             bytes: 0,
             failed: None,
+            cutter: None,
         }
+    }
+
+    /// Also cuts what passes into parts for a streamed upload: each full
+    /// part is flushed to `inner`, then handed to `plan.to`.
+    pub fn cutting(mut self, plan: Option<PartPlan>) -> Self {
+        self.cutter = plan.map(|plan| Cutter {
+            plan,
+            number: 1,
+            start: 0,
+            taken: 0,
+            hash: Sha256::new(),
+        });
+        self
     }
 
     /// The kind of the first write error, if a write failed (the encryptor
@@ -56,9 +104,57 @@ impl<W: Write> HashingWriter<W> {
         self.failed
     }
 
+    /// The last part, once everything is written: the bytes after the last
+    /// full part, when at least one full part was cut (a smaller artifact
+    /// is sent whole after the commit). Send it after flushing the file.
+    pub fn last_part(&mut self) -> Option<LastPart> {
+        let c = self.cutter.take()?;
+        let part = (c.number > 1 && c.taken > 0).then(|| Part {
+            number: c.number,
+            offset: c.start,
+            len: c.taken,
+            sha256: c.hash.finalize().into(),
+        });
+        Some(LastPart { plan: c.plan, part })
+    }
+
     /// The inner writer, the lowercase hex sha256 and the byte count.
     pub fn finish(self) -> (W, String, u64) {
         (self.inner, hex(&self.hasher.finalize()), self.bytes)
+    }
+
+    /// Feeds `written` to the part being filled, cutting full parts.
+    fn cut(&mut self, mut written: &[u8]) -> io::Result<()> {
+        let Some(c) = self.cutter.as_mut() else {
+            return Ok(());
+        };
+        while !written.is_empty() {
+            let room = c.plan.size_of(c.number) - c.taken;
+            let take = usize::try_from(room)
+                .unwrap_or(usize::MAX)
+                .min(written.len());
+            c.hash.update(&written[..take]);
+            c.taken += take as u64;
+            written = &written[take..];
+            if c.taken == c.plan.size_of(c.number) {
+                // The part must be in the file before the uploader reads it.
+                self.inner
+                    .flush()
+                    .inspect_err(|e| _ = self.failed.get_or_insert(e.kind()))?;
+                let part = Part {
+                    number: c.number,
+                    offset: c.start,
+                    len: c.taken,
+                    sha256: std::mem::take(&mut c.hash).finalize().into(),
+                };
+                // A gone uploader (it failed) does not stop the local backup.
+                let _ = c.plan.to.send(part);
+                c.number += 1;
+                c.start += c.taken;
+                c.taken = 0;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -70,6 +166,7 @@ impl<W: Write> Write for HashingWriter<W> {
             .inspect_err(|e| _ = self.failed.get_or_insert(e.kind()))?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        self.cut(&buf[..n])?;
         Ok(n)
     }
 

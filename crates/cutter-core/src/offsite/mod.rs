@@ -1,36 +1,121 @@
-//! Offsite copies in S3-compatible object storage: the layout
-//! (`<prefix>/<host>/<run_id>.sql.gpg`, `.manifest.json`, `.manifest.json.sig`),
-//! uploading a committed run (artifact, signature, then the manifest last, so
-//! a manifest in the bucket means the run is complete), and fetching a run
-//! back for verify and restore.
+//! Offsite copies, as the core sees them: the [`Backend`] trait a storage
+//! crate implements (`cutter-offsite` for S3-compatible object storage),
+//! the [`Offsite`] the daemon and cutterctl hand to the core (a backend,
+//! its config and the async mode's queue), and the types that cross the
+//! boundary. The core never names a storage service: a second backend
+//! (GCS, Azure, SFTP) is a new crate that implements [`Backend`].
 //!
-//! Remote bytes are untrusted: a fetched run is believed only when its
-//! manifest carries a good signature by a pinned signer, names this run,
-//! and the downloaded artifact hashes to the manifest's sha256 and size.
-//! Whoever can write the bucket can therefore delete copies (which
-//! write-only credentials and Object Lock prevent) but not forge one.
+//! What every backend promises: remote bytes are untrusted, so a fetched
+//! run is believed only when its manifest carries a good signature by a
+//! pinned signer, names this run and host, and the downloaded artifact
+//! hashes to the manifest's sha256 and size; an upload sends the manifest
+//! last, so a manifest in the bucket means the run is complete.
 
 pub mod queue;
-pub mod s3;
 
 use std::fs::File;
-use std::io::{Seek, Write};
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use sequoia_openpgp::Cert;
-use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::{LockMode, OffsiteConfig, OffsiteMode};
-use crate::encrypt::hex;
-use crate::manifest::{MAX_BYTES, Manifest, SignedManifest};
+use crate::config::OffsiteConfig;
+use crate::manifest::Manifest;
 use crate::runid::RunId;
-use crate::selftest::Status;
-use crate::store::{ARTIFACT_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Store};
+use crate::store::Store;
 
 pub use queue::{Pending, Queue};
-pub use s3::Bucket;
 
-/// A run fetched from the bucket and authenticated.
+/// A boxed future, so [`Backend`] stays object-safe without a macro crate.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An offsite store of runs under `<host>/<run_id>…`.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// This host's segment in the keys.
+    fn host(&self) -> &str;
+
+    /// Where `host`'s run `id` lives (`s3://bucket/prefix/host/id.sql.gpg`):
+    /// the envelope's `offsite_ref`.
+    fn artifact_url(&self, host: &str, id: &RunId) -> String;
+
+    /// Uploads the committed run `id` from `store` (what is already there
+    /// and confirmed is not sent again) and confirms it. The local files
+    /// are re-read: the manifest must be signed by `own` and, when given,
+    /// be exactly `expected`; the artifact must hash to it.
+    fn upload<'a>(
+        &'a self,
+        store: &'a Store,
+        id: &'a RunId,
+        own: Option<&'a Cert>,
+        expected: Option<&'a Manifest>,
+    ) -> BoxFuture<'a, Result<Uploaded, String>>;
+
+    /// Starts sending run `id`'s artifact while the backup writes it to
+    /// `file` (the same open file, read at offsets as parts complete).
+    /// `None` when this backend cannot stream; the caller then uploads
+    /// after the commit.
+    fn stream(&self, id: &RunId, file: File) -> Option<Box<dyn Streaming>>;
+
+    /// Downloads `host`'s run `id` and authenticates it against `signers`
+    /// (`expect_sha256` picks between two signed manifests; `version`
+    /// fetches exactly that version of the artifact).
+    fn fetch<'a>(&'a self, req: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, String>>;
+
+    /// The runs under `host` (every host when `None`), listed, not verified.
+    fn list<'a>(&'a self, host: Option<&'a str>) -> BoxFuture<'a, Result<Vec<RemoteRun>, String>>;
+
+    /// Places (`on`) or lifts a legal hold on this host's copy of `id`:
+    /// `Ok(false)` when there is no copy or the store has no holds.
+    fn hold<'a>(&'a self, id: &'a RunId, on: bool) -> BoxFuture<'a, Result<bool, String>>;
+
+    /// Deletes this host's copy of `id` unless it is locked:
+    /// `Ok(Some(why))` when it was left alone.
+    fn prune<'a>(&'a self, id: &'a RunId) -> BoxFuture<'a, Result<Option<String>, String>>;
+
+    /// Checks endpoint, credentials and write access: what was found, or
+    /// why the copy cannot be made. Callers bound it in time.
+    fn probe(&self) -> BoxFuture<'_, Result<Probe, String>>;
+
+    /// The endpoint, for messages.
+    fn endpoint(&self) -> String;
+}
+
+/// What [`Backend::fetch`] fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// Whose run.
+    pub host: &'a str,
+    /// Which run.
+    pub id: &'a RunId,
+    /// Pinned manifest signers.
+    pub signers: &'a [Cert],
+    /// The envelope's sha256, when the caller has it.
+    pub expect_sha256: Option<&'a str>,
+    /// The envelope's object version, when the caller has it.
+    pub version: Option<&'a str>,
+}
+
+/// A probe's findings: `warnings` make the check WARN.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// What was checked and found.
+    pub detail: String,
+    /// What works but needs the operator's attention.
+    pub warnings: Vec<String>,
+}
+
+/// What an upload left offsite, as the envelope names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    /// `s3://…` of the artifact.
+    pub url: String,
+    /// The artifact's version id, on a versioned bucket.
+    pub version: Option<String>,
+}
+
+/// A run fetched from offsite and authenticated.
 #[derive(Debug)]
 pub struct Fetched {
     /// Its signed manifest.
@@ -39,33 +124,109 @@ pub struct Fetched {
     pub file: File,
     /// The artifact's version id (on a versioned bucket).
     pub version: Option<String>,
-    /// What the operator must know although the copy is good: newer
-    /// versions that were passed over because they do not authenticate
-    /// (someone wrote over the run).
+    /// What the operator must know although the copy is good (newer
+    /// versions passed over because they do not authenticate).
     pub warnings: Vec<String>,
+    /// Where it was fetched from.
+    pub url: String,
 }
 
-/// At most this many versions of one artifact are downloaded by a fetch.
-const MAX_DOWNLOADS: usize = 8;
+/// One run in a listing (listed, not verified).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteRun {
+    /// The host prefix it is under.
+    pub host: String,
+    /// The run.
+    pub run_id: String,
+    /// The artifact's size.
+    pub size_bytes: u64,
+    /// When the artifact was written (Unix seconds).
+    #[serde(skip)]
+    pub modified_unix: i64,
+    /// The manifest is there too.
+    #[serde(skip)]
+    pub complete: bool,
+}
 
-/// The largest signature object a fetch reads: ours is one Ed25519
-/// signature packet (~120 bytes); a bigger one only costs verifications.
-const MAX_SIGNATURE_BYTES: u64 = 4096;
+/// One cut part of an artifact being written: `len` bytes at `offset`
+/// are in the file, and hash to `sha256` (computed in the same pass as
+/// the artifact's own sha256, never by reading them back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based.
+    pub number: u32,
+    /// Where it starts in the artifact.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Its sha256.
+    pub sha256: [u8; 32],
+}
 
-/// The name of the probe object selftest writes under this host's prefix.
-pub const PROBE_NAME: &str = ".cutter-probe";
+/// An upload that runs while the artifact is written.
+pub trait Streaming: Send {
+    /// Where the writer cuts parts, and where it hands them over.
+    fn parts(&self) -> PartPlan;
 
-/// The configured offsite copy: a bucket client, this host's name, the queue.
+    /// After the local commit of `manifest`: waits for the parts, completes
+    /// the object (or, when no part was cut, sends the small artifact
+    /// whole from `store`), then the signature and manifest, and confirms.
+    fn finish<'a>(
+        self: Box<Self>,
+        store: &'a Store,
+        manifest: &'a Manifest,
+        own: Option<&'a Cert>,
+    ) -> BoxFuture<'a, Result<Uploaded, String>>;
+
+    /// The backup failed: stops sending and removes what was sent, so no
+    /// incomplete upload is left behind.
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Where parts are cut: part `n` is `base << ((n - 1) / 1000)` bytes (at
+/// most 5 GiB)
+/// (doubling every thousand parts keeps an artifact of any size inside
+/// S3's 10,000 parts), handed to `to`. The last, shorter part is cut when
+/// the writer finishes, and only when at least one full part was.
+#[derive(Debug, Clone)]
+pub struct PartPlan {
+    /// The first thousand parts' size.
+    pub base: u64,
+    /// Where cut parts go.
+    pub to: UnboundedSender<Part>,
+}
+
+impl PartPlan {
+    /// The size of part `number` (1-based), at most S3's 5 GiB.
+    pub fn size_of(&self, number: u32) -> u64 {
+        let shift = ((number.max(1) - 1) / 1000).min(8);
+        (self.base << shift).min(5 << 30)
+    }
+}
+
+/// The configured offsite copy: a backend, its config, the async queue.
 #[derive(Debug, Clone)]
 pub struct Offsite {
-    /// The bucket.
-    pub bucket: Bucket,
-    /// This host's segment in the keys.
-    pub host: String,
+    /// The store.
+    pub backend: Arc<dyn Backend>,
     /// The config.
     pub config: OffsiteConfig,
     /// The async mode's queue (`None` in operator tools).
     pub queue: Option<Queue>,
+}
+
+/// Makes the backend for an `[offsite]` section (reads its credentials).
+pub type Connect = fn(&OffsiteConfig) -> Result<Arc<dyn Backend>, String>;
+
+impl Offsite {
+    /// Connects the backend and opens the queue.
+    pub fn new(cfg: &OffsiteConfig, connect: Connect) -> Result<Self, String> {
+        Ok(Self {
+            backend: connect(cfg)?,
+            config: cfg.clone(),
+            queue: Some(Queue::open(&cfg.queue_dir)?),
+        })
+    }
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`).
@@ -75,780 +236,21 @@ pub fn system_host() -> Result<String, String> {
         .map_err(|e| format!("reading the host name: {e}; set offsite.host"))
 }
 
-impl Offsite {
-    /// Builds the client and opens the queue; reads the credentials now.
-    pub fn new(cfg: &OffsiteConfig) -> Result<Self, String> {
-        Ok(Self {
-            queue: Some(Queue::open(&cfg.queue_dir)?),
-            ..Self::client_only(cfg)?
-        })
-    }
-
-    /// Like [`Offsite::new`] without the queue, for operator tools on a
-    /// host without the daemon's state directory.
-    pub fn client_only(cfg: &OffsiteConfig) -> Result<Self, String> {
-        let host = match &cfg.host {
-            Some(h) => h.clone(),
-            None => system_host()?,
-        };
-        crate::config::check_host(&host)?;
-        Ok(Self {
-            bucket: Bucket::new(cfg)?,
-            host,
-            config: cfg.clone(),
-            queue: None,
-        })
-    }
-
-    /// The key of `<run_id><suffix>` under `host`.
-    pub fn key(&self, host: &str, id: &RunId, suffix: &str) -> String {
-        self.bucket.key(&format!("{host}/{id}{suffix}"))
-    }
-
-    /// `s3://bucket/prefix/host/run_id.sql.gpg`: the envelope's `offsite_ref`.
-    pub fn artifact_url(&self, id: &RunId) -> String {
-        self.bucket.url(&self.key(&self.host, id, ARTIFACT_SUFFIX))
-    }
-
-    /// Uploads the committed run `id` from `store` (what is already there
-    /// and confirmed is not sent again) and confirms it with HEAD: size,
-    /// and the server's checksum when it reports one.
-    ///
-    /// The local files are re-read here, and anyone who can write the
-    /// backups directory could have swapped them since the backup: the
-    /// manifest must be signed by this daemon (`own`) and, when the caller
-    /// knows it (`expected`, the manifest the envelope was made from), be
-    /// exactly that one; the artifact must hash to it while it streams up.
-    pub async fn upload(
-        &self,
-        store: &Store,
-        id: &RunId,
-        own: Option<&Cert>,
-        expected: Option<&Manifest>,
-    ) -> Result<String, String> {
-        let signed = store
-            .read_manifest(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{id} has no local manifest to upload"))?;
-        let own = own.ok_or_else(|| {
-            format!("{id}: the daemon's signing key is unusable, so the local manifest cannot be authenticated; nothing was uploaded")
-        })?;
-        crate::verify::authenticate(id, &signed, std::slice::from_ref(own)).map_err(|e| {
-            format!("{id}: the local manifest is not this daemon's ({e}); nothing was uploaded")
-        })?;
-        if expected.is_some_and(|want| *want != signed.manifest) {
-            return Err(format!(
-                "{id}: the local manifest changed since the backup; nothing was uploaded: run `cutterctl verify {id}`"
-            ));
-        }
-        let signature = signed
-            .signature
-            .clone()
-            .ok_or_else(|| format!("{id}: the local manifest is unsigned; not uploaded"))?;
-        let m = &signed.manifest;
-        if !m.host.is_empty() && m.host != self.host {
-            return Err(format!(
-                "{id} was made on host {:?}, but offsite.host is now {:?}, under whose prefix it would not restore: set offsite.host back to {:?} to upload it; nothing was uploaded",
-                m.host, self.host, m.host
-            ));
-        }
-        let akey = self.key(&self.host, id, ARTIFACT_SUFFIX);
-        let mkey = self.key(&self.host, id, MANIFEST_SUFFIX);
-        let skey = self.key(&self.host, id, SIGNATURE_SUFFIX);
-        if self
-            .already_there(&akey, &mkey, &skey, &signed.bytes, &signature, m)
-            .await?
-        {
-            return Ok(self.bucket.url(&akey));
-        }
-        let file = store.open_artifact(id).map_err(|e| e.to_string())?;
-        let size = file
-            .metadata()
-            .map_err(|e| format!("stat the local artifact: {e}"))?
-            .len();
-        if size != m.size_bytes {
-            return Err(format!(
-                "the local artifact is {size} bytes, its manifest says {}: run `cutterctl verify {id}`; nothing was uploaded",
-                m.size_bytes
-            ));
-        }
-        let started = std::time::Instant::now();
-        let retention = self.bucket.retention().await?;
-        let retention = retention.as_ref();
-        let up = self
-            .bucket
-            .put_file(&akey, file, size, &m.sha256, retention)
-            .await?;
-        self.bucket.put_small(&skey, signature, retention).await?;
-        self.bucket
-            .put_small(&mkey, signed.bytes.clone(), retention)
-            .await?;
-        // The version this upload made: a newer one written meanwhile by
-        // someone else is neither confirmed nor blamed on us.
-        let info = self
-            .bucket
-            .head_or_current(&akey, up.version_id.as_deref())
-            .await?
-            .ok_or_else(|| {
-                format!(
-                    "{} is missing right after its upload",
-                    self.bucket.url(&akey)
-                )
-            })?;
-        confirm(&info, m, Some(&up.checksum))
-            .map_err(|e| format!("{}: {e}", self.bucket.url(&akey)))?;
-        tracing::info!(
-            run_id = %id,
-            offsite_ref = %self.bucket.url(&akey),
-            bytes = size,
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "offsite copy confirmed run_id={id} size={size}"
-        );
-        Ok(self.bucket.url(&akey))
-    }
-
-    /// True when the run's three objects are in the bucket as we would
-    /// upload them: the artifact by the server's own full-object sha256
-    /// (our metadata header can be set by anyone who can put objects; a
-    /// multipart object's checksum cannot be derived from the manifest, so
-    /// such a copy is sent again), the manifest and signature byte for byte.
-    async fn already_there(
-        &self,
-        akey: &str,
-        mkey: &str,
-        skey: &str,
-        manifest: &[u8],
-        signature: &[u8],
-        m: &Manifest,
-    ) -> Result<bool, String> {
-        let Some(info) = self.bucket.head(akey, None).await? else {
-            return Ok(false);
-        };
-        let whole = hex_to_bytes(&m.sha256).map(|b| openssl::base64::encode_block(&b));
-        if info.size != m.size_bytes
-            || whole.is_none()
-            || info.checksum_sha256.as_deref() != whole.as_deref()
-        {
-            return Ok(false);
-        }
-        for (key, want) in [(skey, signature), (mkey, manifest)] {
-            let mut got = Vec::new();
-            let cap = u64::try_from(want.len()).unwrap_or(u64::MAX);
-            match self.bucket.get_into(key, None, &mut got, cap).await {
-                Ok(Some(_)) if got == want => {}
-                // Missing, different or oversized: send ours again.
-                Ok(_) | Err(_) => return Ok(false),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Downloads `host`'s run `id` and authenticates it: the manifest's
-    /// signature by one of `signers`, then the artifact (streamed into an
-    /// unnamed temp file, `O_TMPFILE`) against the manifest's sha256 and
-    /// size, and its OpenPGP structure. The file is returned rewound.
-    /// `expect_sha256` (the envelope's) picks the run when the bucket holds
-    /// two different signed manifests for it.
-    ///
-    /// On a versioned bucket every version is a candidate, newest first
-    /// (at most [`s3::MAX_VERSIONS`] of each key): whoever can put objects
-    /// can write a newer version over a run, and the genuine one below it
-    /// must still restore.
-    pub async fn fetch(
-        &self,
-        host: &str,
-        id: &RunId,
-        signers: &[Cert],
-        expect_sha256: Option<&str>,
-    ) -> Result<Fetched, String> {
-        let (manifest, mut warnings) = self
-            .fetch_manifest(host, id, signers, expect_sha256)
-            .await?;
-        let akey = self.key(host, id, ARTIFACT_SUFFIX);
-        let url = self.bucket.url(&akey);
-        let want = hex_to_bytes(&manifest.sha256).map(|b| openssl::base64::encode_block(&b));
-        let mut first_error = None;
-        let mut downloads = 0;
-        for (newer, v) in self.bucket.candidates(&akey).await?.into_iter().enumerate() {
-            if v.size.is_some_and(|n| n != manifest.size_bytes) {
-                first_error.get_or_insert_with(|| {
-                    format!(
-                        "{url}: the object's size is not the manifest's {} bytes",
-                        manifest.size_bytes
-                    )
-                });
-                continue;
-            }
-            if v.id.is_some() {
-                match self.bucket.head(&akey, v.id.as_deref()).await {
-                    // The server's own full-object sha256 rules it out.
-                    Ok(Some(info))
-                        if info.checksum_sha256.as_ref().is_some_and(|sum| {
-                            !sum.contains('-') && Some(sum) != want.as_ref()
-                        }) =>
-                    {
-                        first_error.get_or_insert_with(|| {
-                            format!(
-                                "{url}: the server's sha256 of the object is not the manifest's"
-                            )
-                        });
-                        continue;
-                    }
-                    Ok(_) => {}
-                    // One unreadable version (a planted SSE-C object, say)
-                    // is passed over, not the end of the walk.
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                }
-            }
-            if downloads == MAX_DOWNLOADS {
-                break;
-            }
-            downloads += 1;
-            match self.download(&akey, v.id.as_deref(), &manifest).await {
-                Ok(Some(file)) => {
-                    if newer > 0 {
-                        warnings.push(format!(
-                            "the genuine artifact is an older version ({}); {newer} newer version(s) do not match its signed manifest: someone wrote over this run in the bucket",
-                            v.id.as_deref().unwrap_or("?")
-                        ));
-                    }
-                    return Ok(Fetched {
-                        manifest,
-                        file,
-                        version: v.id,
-                        warnings,
-                    });
-                }
-                Ok(None) => {
-                    first_error
-                        .get_or_insert_with(|| format!("{url} does not exist (the manifest does)"));
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        Err(first_error.unwrap_or_else(|| format!("{url} does not exist (the manifest does)")))
-    }
-
-    /// Downloads one version of an artifact and checks it against `manifest`.
-    async fn download(
-        &self,
-        akey: &str,
-        version: Option<&str>,
-        manifest: &Manifest,
-    ) -> Result<Option<File>, String> {
-        let url = self.bucket.url(akey);
-        let file = tempfile::tempfile().map_err(|e| format!("creating a temp file: {e}"))?;
-        let mut w = HashingWriter::new(file);
-        if self
-            .bucket
-            .get_into(akey, version, &mut w, manifest.size_bytes)
-            .await?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let (sha, size, mut file) = w.finish().map_err(|e| format!("{url}: {e}"))?;
-        manifest
-            .check_bytes(&sha, size)
-            .map_err(|e| format!("{url}: {e}"))?;
-        file.rewind().map_err(|e| e.to_string())?;
-        crate::verify::check_structure(&file, manifest).map_err(|e| format!("{url}: {e}"))?;
-        file.rewind().map_err(|e| e.to_string())?;
-        Ok(Some(file))
-    }
-
-    /// The authenticated manifest of `host`'s run `id`, and warnings.
-    ///
-    /// Every version of the manifest is tried against every version of its
-    /// signature. Exactly one signed manifest must name this run and
-    /// `host` (so a run copied under another host's prefix is refused):
-    /// two different ones mean someone with the signing key wrote a second
-    /// run under the same id, and then only `expect_sha256` can say which
-    /// is the one the orchestrator was given.
-    pub async fn fetch_manifest(
-        &self,
-        host: &str,
-        id: &RunId,
-        signers: &[Cert],
-        expect_sha256: Option<&str>,
-    ) -> Result<(Manifest, Vec<String>), String> {
-        let mkey = self.key(host, id, MANIFEST_SUFFIX);
-        let skey = self.key(host, id, SIGNATURE_SUFFIX);
-        // A version that cannot be read (oversized, say: anyone who can put
-        // objects can plant one) is passed over, not the end of the walk.
-        let mut first_error = None;
-        let mut signatures: Vec<Vec<u8>> = Vec::new();
-        for v in self.bucket.candidates(&skey).await? {
-            let mut sig = Vec::new();
-            match self
-                .bucket
-                .get_into(&skey, v.id.as_deref(), &mut sig, MAX_SIGNATURE_BYTES)
-                .await
-            {
-                Ok(Some(_)) if !signatures.contains(&sig) => signatures.push(sig),
-                Ok(_) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        let mut found = false;
-        let mut seen: Vec<Vec<u8>> = Vec::new();
-        // (position among the manifest's versions, manifest)
-        let mut genuine: Vec<(usize, Manifest)> = Vec::new();
-        for (at, v) in self.bucket.candidates(&mkey).await?.into_iter().enumerate() {
-            let mut bytes = Vec::new();
-            match self
-                .bucket
-                .get_into(&mkey, v.id.as_deref(), &mut bytes, MAX_BYTES)
-                .await
-            {
-                Ok(Some(_)) => found = true,
-                Ok(None) => continue,
-                Err(e) => {
-                    found = true;
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            }
-            if seen.contains(&bytes) {
-                continue;
-            }
-            seen.push(bytes.clone());
-            let manifest = match Manifest::parse(&bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    first_error.get_or_insert_with(|| format!("{}: {e}", self.bucket.url(&mkey)));
-                    continue;
-                }
-            };
-            let tries: Vec<Option<Vec<u8>>> = if signatures.is_empty() {
-                vec![None]
-            } else {
-                signatures.iter().cloned().map(Some).collect()
-            };
-            for signature in tries {
-                let signed = SignedManifest {
-                    manifest: manifest.clone(),
-                    bytes: bytes.clone(),
-                    signature,
-                };
-                match crate::verify::authenticate(id, &signed, signers) {
-                    Ok(m) if m.host.is_empty() || m.host == host => {
-                        genuine.push((at, m));
-                        break;
-                    }
-                    Ok(m) => {
-                        first_error.get_or_insert_with(|| {
-                            format!(
-                                "{}: the signed manifest was made on host {:?}, not {host:?}: a copy moved between host prefixes is not restored",
-                                self.bucket.url(&mkey),
-                                m.host
-                            )
-                        });
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        if !found {
-            return Err(format!(
-                "no manifest at {}: was {id} uploaded from host {host}? (`cutterctl list --offsite`)",
-                self.bucket.url(&mkey)
-            ));
-        }
-        if let Some(want) = expect_sha256 {
-            genuine.retain(|(_, m)| m.sha256.eq_ignore_ascii_case(want));
-            if genuine.is_empty() {
-                return Err(first_error.map_or_else(
-                    || format!("{id}: no signed manifest in the bucket has the recorded envelope's sha256 {want}"),
-                    |e| format!("{id}: no signed manifest in the bucket has the recorded envelope's sha256 {want} ({e})"),
-                ));
-            }
-        }
-        match genuine.as_slice() {
-            [] => Err(first_error
-                .unwrap_or_else(|| format!("{id}: no version of its manifest authenticates"))),
-            [(at, m)] => {
-                let mut warnings = Vec::new();
-                if *at > 0 {
-                    warnings.push(format!(
-                        "{at} newer version(s) of {} do not authenticate: someone wrote over this run in the bucket",
-                        self.bucket.url(&mkey)
-                    ));
-                }
-                Ok((m.clone(), warnings))
-            }
-            several => Err(format!(
-                "{id}: the bucket holds {} different signed manifests for this run ({}): whoever holds the signing key wrote a second one; pass --expect-sha256 with the envelope's sha256 to choose",
-                several.len(),
-                several
-                    .iter()
-                    .map(|(_, m)| format!("sha256 {} made {}", m.sha256, m.created_at))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        }
-    }
-
-    /// Places (or lifts) a legal hold on every version of `id`'s three
-    /// objects (the newest [`s3::MAX_VERSIONS`] of each; the bucket must
-    /// have Object Lock): a genuine version under a newer planted one is
-    /// held too. A version that refuses goes on to the others and is
-    /// reported at the end.
-    pub async fn hold(&self, id: &RunId, on: bool) -> Result<(), String> {
-        let mut errors = Vec::new();
-        for suffix in [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX] {
-            let key = self.key(&self.host, id, suffix);
-            for v in self.bucket.candidates(&key).await? {
-                if let Err(e) = self.bucket.legal_hold(&key, v.id.as_deref(), on).await {
-                    errors.push(e);
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-
-    /// Deletes this host's copy of `id` unless any version of its objects
-    /// is locked (retention or legal hold): `Ok(Some(why))` when left
-    /// alone. Locks are read with GetObjectRetention and GetObjectLegalHold
-    /// (HEAD hides them from callers without those permissions), and a lock
-    /// that cannot be read counts as a lock.
-    pub async fn prune(&self, id: &RunId) -> Result<Option<String>, String> {
-        let keys: Vec<String> = [ARTIFACT_SUFFIX, SIGNATURE_SUFFIX, MANIFEST_SUFFIX]
-            .iter()
-            .map(|s| self.key(&self.host, id, s))
-            .collect();
-        if self.bucket.info().await?.object_lock {
-            for k in &keys {
-                for v in self.bucket.candidates(k).await? {
-                    match self.bucket.lock_of(k, v.id.as_deref()).await {
-                        Ok(None) => {}
-                        Ok(Some(why)) => return Ok(Some(why)),
-                        Err(e) => return Ok(Some(format!("its lock cannot be read ({e})"))),
-                    }
-                }
-            }
-        }
-        // The manifest first: a run without it is incomplete, never restored.
-        for k in keys.iter().rev() {
-            self.bucket.delete(k).await?;
-        }
-        Ok(None)
-    }
-
-    /// The selftest verdict: endpoint, credentials, bucket, probe write (or
-    /// HEAD), versioning and Object Lock, and the queue's lag.
-    pub async fn check(&self) -> (Status, String) {
-        let within = Duration::from_secs(self.config.request_timeout_secs.min(20) + 5);
-        match tokio::time::timeout(within, self.check_remote()).await {
-            Ok(Ok((status, detail))) => self.with_queue(status, detail),
-            Ok(Err(e)) => self.with_queue(Status::Fail, e),
-            Err(_) => self.with_queue(
-                Status::Fail,
-                format!(
-                    "no answer from {} within {} s: is the service up, and offsite.endpoint right?",
-                    self.bucket.endpoint,
-                    within.as_secs()
-                ),
-            ),
-        }
-    }
-
-    async fn check_remote(&self) -> Result<(Status, String), String> {
-        self.bucket.head_bucket().await?;
-        let probe = if self.config.probe {
-            let key = self.bucket.key(&format!("{}/{PROBE_NAME}", self.host));
-            self.bucket
-                .put_probe(
-                    &key,
-                    format!("cutter-backupd probe {}\n", queue::now()).into_bytes(),
-                )
-                .await
-                .map_err(|e| format!("probe write failed: {e}"))?;
-            "probe written"
-        } else {
-            "bucket HEAD ok (offsite.probe = false)"
-        };
-        let mut status = Status::Pass;
-        let mut notes = Vec::new();
-        let lock = match self.bucket.info().await {
-            Ok(i) => {
-                if self.config.lock_days > 0 && !i.object_lock {
-                    status = Status::Warn;
-                    notes.push(format!(
-                        "offsite.lock_days = {} but bucket {} has no Object Lock: copies are not retention-protected (Object Lock can only be enabled when the bucket is created)",
-                        self.config.lock_days, self.bucket.bucket
-                    ));
-                }
-                let lock = if i.object_lock {
-                    if self.config.lock_days > 0 {
-                        format!(
-                            "Object Lock on ({} {} d per object)",
-                            match self.config.lock_mode {
-                                LockMode::Compliance => "COMPLIANCE",
-                                LockMode::Governance => "GOVERNANCE",
-                            },
-                            self.config.lock_days
-                        )
-                    } else {
-                        "Object Lock on (bucket default retention)".to_owned()
-                    }
-                } else {
-                    "Object Lock off".to_owned()
-                };
-                if self.config.probe && i.versioning == "Enabled" {
-                    let key = self.bucket.key(&format!("{}/{PROBE_NAME}", self.host));
-                    if !self.bucket.reads_versions(&key).await.unwrap_or(false) {
-                        status = Status::Warn;
-                        notes.push(
-                            "the credentials cannot list or read object versions (s3:ListBucketVersions, s3:GetObjectVersion): a run someone wrote over would not restore from its genuine version without them (docs/offsite.md)".to_owned(),
-                        );
-                    }
-                }
-                format!("versioning {}, {lock}", i.versioning)
-            }
-            Err(e) => format!("versioning/Object Lock unknown ({e})"),
-        };
-        if let Some(e) = &self.config.endpoint
-            && e.starts_with("http://")
-            && !is_loopback(e)
-        {
-            status = Status::Warn;
-            notes.push(format!("offsite.endpoint {e} is plain http: use https"));
-        }
-        let mut detail = format!(
-            "{} at {}: credentials ok, {probe}, {lock}, mode {}",
-            self.bucket
-                .url(&self.bucket.key(&format!("{}/", self.host))),
-            self.bucket.endpoint,
-            match self.config.mode {
-                OffsiteMode::Required => "required",
-                OffsiteMode::Async => "async",
-            }
-        );
-        for n in notes {
-            detail.push_str("; ");
-            detail.push_str(&n);
-        }
-        Ok((status, detail))
-    }
-
-    fn with_queue(&self, status: Status, mut detail: String) -> (Status, String) {
-        let pending = self.queue.as_ref().map(Queue::list).unwrap_or_default();
-        let Some(oldest) = pending.first() else {
-            return (status, detail);
-        };
-        let age = queue::now().saturating_sub(oldest.enqueued_at);
-        let last = pending
-            .iter()
-            .rev()
-            .find(|p| !p.last_error.is_empty())
-            .map(|p| format!("; last error ({}): {}", p.run_id, p.last_error))
-            .unwrap_or_default();
-        let lagging = age > self.config.max_lag_secs;
-        detail.push_str(&format!(
-            "; {} upload(s) pending, oldest {} for {age} s{}{last}",
-            pending.len(),
-            oldest.run_id,
-            if lagging {
-                format!(
-                    ", past offsite.max_lag_secs = {}: fix the offsite service or credentials",
-                    self.config.max_lag_secs
-                )
-            } else {
-                String::new()
-            }
-        ));
-        let status = match status {
-            Status::Fail => Status::Fail,
-            _ if lagging => Status::Fail,
-            _ => Status::Warn,
-        };
-        (status, detail)
-    }
-}
-
-fn is_loopback(url: &str) -> bool {
-    let host = url
-        .split_once("://")
-        .map_or(url, |(_, r)| r)
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
-}
-
-/// Confirms a HEAD against the manifest: size, our sha256 in the metadata,
-/// and the server's checksum when it reports one and we know what it must be.
-fn confirm(info: &s3::ObjectInfo, m: &Manifest, checksum: Option<&str>) -> Result<(), String> {
-    if info.size != m.size_bytes {
-        return Err(format!(
-            "the server holds {} bytes, the manifest says {}",
-            info.size, m.size_bytes
-        ));
-    }
-    // A multipart object's checksum is the sha256 of the parts' sha256s,
-    // "-N" appended; services that report another form for it are judged
-    // by size and metadata (each part's sha256 was verified on upload).
-    let comparable = |got: &str, want: &str| {
-        got.rsplit_once('-').map(|(_, n)| n) == want.rsplit_once('-').map(|(_, n)| n)
-    };
-    if let (Some(got), Some(want)) = (&info.checksum_sha256, checksum)
-        && comparable(got, want)
-        && got != want
-    {
-        return Err(format!(
-            "the server's sha256 checksum is {got}, we sent {want}"
-        ));
-    }
-    match &info.meta_sha256 {
-        Some(s) if s.eq_ignore_ascii_case(&m.sha256) => Ok(()),
-        _ if info.checksum_sha256.is_some() && checksum == info.checksum_sha256.as_deref() => {
-            Ok(())
-        }
-        _ => Err("the object does not carry this manifest's sha256".into()),
-    }
-}
-
-/// A writer that hashes (sha256) and counts what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    n: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hash: Sha256::new(),
-            n: 0,
-        }
-    }
-
-    fn finish(mut self) -> std::io::Result<(String, u64, W)> {
-        self.inner.flush()?;
-        Ok((hex(&self.hash.finalize()), self.n, self.inner))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// The bytes of a lowercase or uppercase hex string (`None` if it is not hex).
-fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn offsite(dir: &std::path::Path, max_lag_secs: u64) -> Offsite {
-        use std::os::unix::fs::PermissionsExt;
-        let creds = dir.join("creds");
-        std::fs::write(&creds, "aws_access_key_id = a\naws_secret_access_key = b\n")
-            .expect("write");
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let cfg: OffsiteConfig = toml_cfg(&format!(
-            "url = \"s3://bucket/p\"\ncredentials_file = {:?}\nhost = \"h\"\nqueue_dir = {:?}\nmax_lag_secs = {max_lag_secs}\n",
-            creds.display().to_string(),
-            dir.join("q").display().to_string()
-        ));
-        Offsite::new(&cfg).expect("offsite")
-    }
-
-    fn toml_cfg(text: &str) -> OffsiteConfig {
-        config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .and_then(config::Config::try_deserialize)
-            .expect("config")
-    }
-
     #[test]
-    fn pending_uploads_warn_then_fail_past_max_lag() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let o = offsite(dir.path(), 600);
-        assert_eq!(o.with_queue(Status::Pass, "ok".into()).0, Status::Pass);
-        let q = o.queue.as_ref().expect("queue");
-        let id = RunId::parse("r1").expect("id");
-        q.push(&id).expect("push");
-        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
-        assert_eq!(st, Status::Warn, "{detail}");
-        assert!(
-            detail.contains("1 upload(s) pending, oldest r1"),
-            "{detail}"
-        );
-        let mut p = q.get(&id).expect("queued");
-        p.enqueued_at -= 601;
-        p.last_error = "HTTP 503".into();
-        q.write(&p).expect("write");
-        let (st, detail) = o.with_queue(Status::Pass, "ok".into());
-        assert_eq!(st, Status::Fail, "{detail}");
-        assert!(
-            detail.contains("past offsite.max_lag_secs = 600") && detail.contains("HTTP 503"),
-            "{detail}"
-        );
-    }
-
-    #[test]
-    fn head_confirms_size_and_checksum() {
-        let m: Manifest = serde_json::from_value(serde_json::json!({
-            "format": 2, "run_id": "r", "created_at": "", "artifact": "r.sql.gpg",
-            "sha256": "ab", "size_bytes": 10, "gpg_fpr": "", "recipients": [], "tables": [],
-            "plaintext_bytes": 0, "compression": "", "server_version": "",
-            "pg_dump_version": "", "producer": "", "duration_ms": 0
-        }))
-        .expect("manifest");
-        let info = |size, sum: Option<&str>, meta: Option<&str>| s3::ObjectInfo {
-            size,
-            checksum_sha256: sum.map(str::to_owned),
-            meta_sha256: meta.map(str::to_owned),
-            ..s3::ObjectInfo::default()
-        };
-        assert!(confirm(&info(10, Some("X"), Some("ab")), &m, Some("X")).is_ok());
-        assert!(confirm(&info(9, Some("X"), Some("ab")), &m, Some("X")).is_err());
-        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X")).is_err());
-        assert!(confirm(&info(10, Some("Y-3"), Some("ab")), &m, Some("X-3")).is_err());
-        // Another form for a multipart object: size and metadata decide.
-        assert!(confirm(&info(10, Some("Y"), Some("ab")), &m, Some("X-3")).is_ok());
-        assert!(confirm(&info(10, None, Some("cd")), &m, None).is_err());
-        assert!(confirm(&info(10, None, None), &m, Some("X")).is_err());
-    }
-
-    #[test]
-    fn loopback_endpoints_are_recognised() {
-        assert!(is_loopback("http://127.0.0.1:8333"));
-        assert!(is_loopback("http://localhost:9000/"));
-        assert!(!is_loopback("http://s3.example.com"));
+    fn parts_double_every_thousand_and_fit_s3_limits() {
+        let (to, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let plan = PartPlan { base: 16 << 20, to };
+        assert_eq!(plan.size_of(1), 16 << 20);
+        assert_eq!(plan.size_of(1000), 16 << 20);
+        assert_eq!(plan.size_of(1001), 32 << 20);
+        let total: u64 = (1..=10_000).map(|n| plan.size_of(n)).sum();
+        // 10,000 parts of 16 MiB and up hold over 8 TiB.
+        assert!(total > 1 << 43, "{total}");
+        // S3's largest part is 5 GiB.
+        assert!(plan.size_of(10_000) <= 5 << 30);
     }
 }

@@ -80,12 +80,13 @@ pub fn read_capped(dir: impl AsFd, name: &str, cap: u64) -> io::Result<Vec<u8>> 
 }
 
 /// Creates `name` (mode 0600), failing when anything, a link included, is
-/// already there.
+/// already there. Opened for reading too: a streamed offsite upload reads
+/// the parts back from this very file as they are written.
 pub fn create_new(dir: impl AsFd, name: &str) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
         name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )?;
     Ok(File::from(fd))

@@ -14,13 +14,19 @@
 //! never collide with final names. After a crash, [`Store::recover`] rolls a
 //! renamed artifact forward with its partial manifest and deletes every other
 //! partial, so the final names hold either a complete run or nothing.
+//!
+//! How many runs there are, their bytes and the newest come from a
+//! [`census`] kept in memory (one listing, then every commit and removal),
+//! so what a backup or selftest costs does not grow with the runs kept.
 
 pub(crate) mod at;
+pub mod census;
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -28,6 +34,8 @@ use crate::encrypt::hex;
 use crate::error::{Error, Result};
 use crate::manifest::{MAX_BYTES, Manifest, SignedManifest};
 use crate::runid::RunId;
+pub use census::Tally;
+use census::{Census, Runs};
 
 /// Suffix of an artifact.
 pub const ARTIFACT_SUFFIX: &str = ".sql.gpg";
@@ -52,6 +60,8 @@ const MAX_NOTE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Shared by every store of this path in the process.
+    census: Arc<Census>,
 }
 
 /// What is known about a run's manifest.
@@ -109,10 +119,12 @@ fn partial(name: &str) -> String {
 }
 
 impl Store {
-    /// A store rooted at `dir` (made absolute, so envelopes carry absolute paths).
+    /// A store rooted at `dir` (made absolute, so envelopes carry absolute
+    /// paths). Its runs are counted afresh on first use (see [`census`]).
     pub fn new(dir: &Path) -> Result<Self> {
         let dir = std::path::absolute(dir).map_err(|e| Error::io("resolve", dir, e))?;
-        Ok(Self { dir })
+        let census = Census::of(&dir);
+        Ok(Self { dir, census })
     }
 
     /// The directory.
@@ -226,8 +238,18 @@ impl Store {
             }
             let _ = at::remove(dir, &artifact_tmp);
         }
-        result?;
-        at::sync(dir).map_err(|e| Error::io("fsync directory", &self.dir, e))
+        let result = result
+            .and_then(|()| at::sync(dir).map_err(|e| Error::io("fsync directory", &self.dir, e)));
+        // The size as `list` sees it, from the file that now stands there.
+        let size = at::open_regular(dir, &artifact_name(&id)).and_then(|f| f.metadata());
+        match (&result, size) {
+            (Ok(()), Ok(meta)) => self
+                .census
+                .record(|runs| runs.insert(id, meta.len(), Some(manifest.created_at.clone()))),
+            // Whatever a failure left, the next reader counts it.
+            _ => self.census.forget(),
+        }
+        result
     }
 
     /// Reads `<run_id>.manifest.json` and its signature, if the manifest exists.
@@ -289,6 +311,13 @@ impl Store {
     /// Finishes or removes what a crash left behind. Run before serving.
     /// `accept` authenticates a partial manifest before it is rolled forward.
     pub fn recover(&self, accept: &dyn Fn(&SignedManifest) -> bool) -> Result<Recovery> {
+        let recovered = self.recover_files(accept);
+        // A rolled-forward run has a manifest now: counted afresh.
+        self.census.forget();
+        recovered
+    }
+
+    fn recover_files(&self, accept: &dyn Fn(&SignedManifest) -> bool) -> Result<Recovery> {
         let dir = self.open()?;
         let mut rec = Recovery::default();
         let names = self.names()?;
@@ -439,6 +468,16 @@ impl Store {
     /// Only names inside this directory are removed, and a link is removed
     /// itself, never what it points at.
     pub fn remove_run(&self, id: &RunId) -> Result<()> {
+        let removed = self.remove_files(id);
+        match &removed {
+            Ok(()) => self.census.record(|runs| runs.remove(id)),
+            // Half removed (an orphan artifact, say): counted afresh.
+            Err(_) => self.census.forget(),
+        }
+        removed
+    }
+
+    fn remove_files(&self, id: &RunId) -> Result<()> {
         let dir = self.open()?;
         for name in [
             manifest_name(id),
@@ -452,11 +491,68 @@ impl Store {
         at::sync(&dir).map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
+    /// How many runs (artifacts, complete or not) and their bytes, from the
+    /// census: the directory is listed only when nothing is counted yet.
+    pub fn tally(&self) -> Result<Tally> {
+        self.census.with(|| self.count(), Runs::tally)
+    }
+
+    /// The newest run (by its manifest's `created_at`) whose manifest,
+    /// read now, `accept` takes; older ones are tried only while the newer
+    /// are refused, so this reads one manifest when the newest is good.
+    pub fn newest(
+        &self,
+        accept: &dyn Fn(&RunId, &SignedManifest) -> bool,
+    ) -> Result<Option<SignedManifest>> {
+        let mut before = None;
+        loop {
+            let next = self
+                .census
+                .with(|| self.count(), |runs| runs.newest_before(before.as_ref()))?;
+            let Some(next) = next else {
+                return Ok(None);
+            };
+            if let Ok(Some(m)) = self.read_manifest(&next.1)
+                && accept(&next.1, &m)
+            {
+                return Ok(Some(m));
+            }
+            before = Some(next);
+        }
+    }
+
+    /// One full listing, for the census.
+    fn count(&self) -> Result<Runs> {
+        let mut runs = Runs::default();
+        self.walk(|e| note(&mut runs, &e))?;
+        Ok(runs)
+    }
+
     /// Every run whose artifact is a regular file directly in the
     /// directory and whose file name is a valid run_id, sorted by run_id.
     pub fn list(&self) -> Result<Vec<Entry>> {
-        let dir = self.open()?;
         let mut out = Vec::new();
+        self.each(|e| out.push(e))?;
+        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(out)
+    }
+
+    /// What [`Store::list`] holds, handed to `f` one run at a time as the
+    /// directory is read (in no order), so nothing holds every manifest at
+    /// once. The listing also re-syncs the census.
+    pub fn each(&self, mut f: impl FnMut(Entry)) -> Result<()> {
+        let changes = self.census.changes();
+        let mut runs = Runs::default();
+        self.walk(|e| {
+            note(&mut runs, &e);
+            f(e);
+        })?;
+        self.census.replace(changes, runs);
+        Ok(())
+    }
+
+    fn walk(&self, mut f: impl FnMut(Entry)) -> Result<()> {
+        let dir = self.open()?;
         let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
         for entry in rd.flatten() {
             let Ok(name) = entry.file_name().into_string() else {
@@ -485,7 +581,7 @@ impl Store {
             let verify_failed = at::read_capped(&dir, &failed_name(&id), MAX_REASON)
                 .ok()
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
-            out.push(Entry {
+            f(Entry {
                 run_id: id,
                 size_bytes,
                 manifest,
@@ -493,9 +589,17 @@ impl Store {
                 verify_failed,
             });
         }
-        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Counts one listed run.
+fn note(runs: &mut Runs, e: &Entry) {
+    let created_at = match &e.manifest {
+        ManifestState::Present(m) => Some(m.manifest.created_at.clone()),
+        ManifestState::Missing | ManifestState::Bad(_) => None,
+    };
+    runs.insert(e.run_id.clone(), e.size_bytes, created_at);
 }
 
 /// A partial artifact; removed on drop unless committed.
@@ -575,6 +679,107 @@ mod tests {
 
     fn hash(path: &Path) -> (String, u64) {
         hash_reader(File::open(path).expect("open")).expect("hash")
+    }
+
+    /// Count and bytes as a full listing sees them.
+    fn listed(store: &Store) -> Tally {
+        let entries = store.list().expect("list");
+        Tally {
+            runs: entries.len() as u64,
+            bytes: entries.iter().map(|e| e.size_bytes).sum(),
+        }
+    }
+
+    fn commit(store: &Store, run: &str, bytes: &[u8], created_at: &str) {
+        let mut p = store.create_partial_artifact(&id(run)).expect("partial");
+        p.take_file()
+            .expect("file")
+            .write_all(bytes)
+            .expect("write");
+        let (sha, size) = hash(&store.dir().join(format!(".{run}.sql.gpg.partial")));
+        let m = Manifest {
+            created_at: created_at.into(),
+            ..manifest(run, sha, size)
+        };
+        store.commit(p, &m, b"sig").expect("commit");
+    }
+
+    /// The newest run by the census, taking every manifest.
+    fn newest(store: &Store) -> Option<String> {
+        store
+            .newest(&|_, _| true)
+            .expect("newest")
+            .map(|m| m.manifest.run_id)
+    }
+
+    #[test]
+    fn the_census_equals_a_full_listing_across_commit_remove_recovery_and_restart() {
+        let (_d, store) = store();
+        let mut compared = 0;
+        let mut check = |store: &Store, want: u64| {
+            // From memory first: a listing would re-sync it.
+            let counted = store.tally().expect("tally");
+            assert_eq!(counted, listed(store));
+            assert_eq!(counted.runs, want);
+            compared += counted.runs;
+        };
+        check(&store, 0);
+        commit(&store, "r1", b"one", "2026-11-01T00:00:00Z");
+        check(&store, 1);
+        commit(&store, "r2", b"twotwo", "2026-11-03T00:00:00Z");
+        commit(&store, "r3", b"3", "2026-11-02T00:00:00Z");
+        check(&store, 3);
+        assert_eq!(store.tally().expect("tally").bytes, 10);
+        assert_eq!(newest(&store).as_deref(), Some("r2"));
+        // Only what `accept` takes is the newest.
+        let not_r2 = store
+            .newest(&|id, _| id.as_str() != "r2")
+            .expect("newest")
+            .map(|m| m.manifest.run_id);
+        assert_eq!(not_r2.as_deref(), Some("r3"));
+
+        store.remove_run(&id("r2")).expect("remove");
+        check(&store, 2);
+        assert_eq!(newest(&store).as_deref(), Some("r3"));
+        // A failed commit leaves nothing and no stale count.
+        let p = store.create_partial_artifact(&id("r1")).expect("partial");
+        assert!(
+            store
+                .commit(p, &manifest("r1", "0".repeat(64), 0), b"sig")
+                .is_err(),
+            "r1 stands already"
+        );
+        check(&store, 2);
+
+        // A crash between the renames: an orphan artifact, then recovery
+        // rolls its manifest forward.
+        fs::write(store.artifact_path(&id("r4")), b"four").expect("artifact");
+        let (sha, size) = hash(&store.artifact_path(&id("r4")));
+        let json = Manifest {
+            created_at: "2026-11-04T00:00:00Z".into(),
+            ..manifest("r4", sha, size)
+        }
+        .to_bytes()
+        .expect("json");
+        fs::write(store.dir().join(".r4.manifest.json.partial"), json).expect("partial");
+        fs::write(store.dir().join(".r4.manifest.json.sig.partial"), b"sig").expect("sig");
+        // A restart: a new store of the same directory counts afresh.
+        let store = Store::new(store.dir()).expect("store");
+        check(&store, 3);
+        assert_eq!(
+            newest(&store).as_deref(),
+            Some("r3"),
+            "r4 has no manifest yet"
+        );
+        store.recover(&|_| true).expect("recover");
+        check(&store, 3);
+        assert_eq!(newest(&store).as_deref(), Some("r4"));
+
+        // Removed by hand: the next full listing re-syncs the count.
+        fs::remove_file(store.artifact_path(&id("r1"))).expect("rm");
+        assert_eq!(listed(&store).runs, 2);
+        check(&store, 2);
+        assert_eq!(compared, 16);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct Restore {
     /// host's name, or offsite.host). `cutterctl list --offsite` shows them.
     #[arg(long, requires = "from_offsite")]
     pub host: Option<String>,
+    /// With --from-offsite: the object version the envelope recorded
+    /// (`offsite_version`); exactly that version is fetched.
+    #[arg(long, requires = "from_offsite")]
+    pub version: Option<String>,
 }
 
 impl Restore {
@@ -114,6 +118,7 @@ impl Restore {
             live_database_gone: false,
             from_offsite: false,
             host: None,
+            version: None,
         }
     }
 }
@@ -384,10 +389,16 @@ fn fetch_offsite(
     trust: &Trust,
 ) -> anyhow::Result<(Manifest, File)> {
     let o = crate::offsite::client(config)?;
-    let host = r.host.clone().unwrap_or_else(|| o.host.clone());
+    let host = r.host.clone().unwrap_or_else(|| o.host().to_owned());
     cutter_core::config::check_host(&host).map_err(anyhow::Error::msg)?;
     let fetched = tokio::runtime::Handle::current()
-        .block_on(o.fetch(&host, id, &trust.signers, trust.expect_sha256.as_deref()))
+        .block_on(o.fetch(cutter_core::offsite::FetchRequest {
+            host: &host,
+            id,
+            signers: &trust.signers,
+            expect_sha256: trust.expect_sha256.as_deref(),
+            version: r.version.as_deref(),
+        }))
         .map_err(|why| {
             anyhow::anyhow!(
                 "offsite verify FAILED for {id} (host {host}): {why}; nothing was restored"
@@ -403,8 +414,7 @@ fn fetch_offsite(
     }
     eprintln!(
         "fetched {id} from {}{} ({} bytes, sha256 {}; signed manifest and sha256 verified)",
-        o.bucket
-            .url(&o.key(&host, id, cutter_core::store::ARTIFACT_SUFFIX)),
+        fetched.url,
         fetched
             .version
             .as_deref()

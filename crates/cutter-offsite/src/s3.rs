@@ -30,8 +30,8 @@ use aws_sdk_s3::types::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::config::{LockMode, OffsiteConfig, S3Url};
-use crate::encrypt::hex;
+use cutter_core::config::{LockMode, OffsiteConfig, S3Url};
+use cutter_core::encrypt::hex;
 
 /// The user metadata key our sha256 (hex) rides in, echoed by HEAD.
 const META_SHA256: &str = "cutter-sha256";
@@ -59,7 +59,7 @@ pub fn read_keys(path: &Path) -> Result<Keys, String> {
             path.display()
         )
     })?;
-    crate::signer::check_secret_mode(&f, path)
+    cutter_core::signer::check_secret_mode(&f, path)
         .map_err(|e| format!("offsite.credentials_file: {e}"))?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(&f, 64 * 1024), &mut text).map_err(
@@ -111,6 +111,8 @@ pub struct ObjectInfo {
     pub retain_until: Option<SystemTime>,
     /// Legal hold on.
     pub legal_hold: bool,
+    /// The version HEAD answered for, on a versioned bucket.
+    pub version_id: Option<String>,
 }
 
 impl ObjectInfo {
@@ -433,16 +435,38 @@ impl Bucket {
             }
             return Ok(Uploaded {
                 checksum: sum,
-                version_id: out.version_id().map(str::to_owned),
+                version_id: real_version(out.version_id()),
             });
         }
+        let upload_id = self
+            .create_multipart(key, Some(sha256_hex), retention)
+            .await?;
+        let result = self
+            .upload_parts(key, &upload_id, &source, size, part_size, sha256_hex)
+            .await;
+        if result.is_err() {
+            self.abort_multipart(key, &upload_id).await;
+        }
+        result
+    }
+
+    /// Starts a multipart upload of `key` (sha256 per part), with our
+    /// sha256 in its metadata when it is known now; returns its id.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        sha256_hex: Option<&str>,
+        retention: Option<&Retention>,
+    ) -> Result<String, String> {
         let mut create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .metadata(META_SHA256, sha256_hex);
+            .checksum_algorithm(ChecksumAlgorithm::Sha256);
+        if let Some(sum) = sha256_hex {
+            create = create.metadata(META_SHA256, sum);
+        }
         if let Some((mode, until)) = retention {
             create = create
                 .object_lock_mode(mode.clone())
@@ -452,78 +476,60 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| self.explain(&format!("CreateMultipartUpload {}", self.url(key)), &e))?;
-        let upload_id = upload
+        Ok(upload
             .upload_id()
             .ok_or("the server returned no multipart upload id")?
-            .to_owned();
-        let result = self
-            .upload_parts(key, &upload_id, &source, size, part_size, sha256_hex)
-            .await;
-        if result.is_err() {
-            // Best effort: an abandoned upload only costs storage until the
-            // bucket's AbortIncompleteMultipartUpload rule removes it.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
-        result
+            .to_owned())
     }
 
-    async fn upload_parts(
+    /// Sends part `number` (`len` bytes of `source` at `offset`, whose
+    /// sha256 is `digest`) and checks that what went out hashed to it.
+    pub(crate) async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
-        source: &Source,
-        size: u64,
-        part_size: u64,
-        sha256_hex: &str,
-    ) -> Result<Uploaded, String> {
-        let mut whole = Sha256::new();
-        let mut composite = Sha256::new();
-        let mut parts = Vec::new();
-        let mut offset = 0u64;
-        for number in 1i32.. {
-            if offset >= size {
-                break;
-            }
-            let len = part_size.min(size - offset);
-            let digest = source.hash(offset, len, &mut whole).await?;
-            composite.update(digest);
-            let sum = openssl::base64::encode_block(&digest);
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(&sum)
-                .body(source.body(offset, len))
-                .send()
-                .await
-                .map_err(|e| {
-                    self.explain(&format!("UploadPart {number} of {}", self.url(key)), &e)
-                })?;
-            if !source.sent_matches(offset, &digest) {
-                return Err(changed_while_sent(&self.url(key)));
-            }
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_owned))
-                    .checksum_sha256(sum)
-                    .build(),
-            );
-            offset += len;
+        number: i32,
+        (source, offset, len): (&Source, u64, u64),
+        digest: &[u8; 32],
+    ) -> Result<CompletedPart, String> {
+        let sum = openssl::base64::encode_block(digest);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&sum)
+            .body(source.body(offset, len))
+            .send()
+            .await
+            .map_err(|e| self.explain(&format!("UploadPart {number} of {}", self.url(key)), &e))?;
+        if !source.sent_matches(offset, digest) {
+            return Err(changed_while_sent(&self.url(key)));
         }
-        check_whole(whole, sha256_hex, "the upload was aborted")?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_owned))
+            .checksum_sha256(sum)
+            .build())
+    }
+
+    /// Completes a multipart upload from its parts (in order); returns
+    /// what HEAD must show: `base64(sha256 of the parts' sha256s)-N`.
+    pub(crate) async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        digests: &[[u8; 32]],
+    ) -> Result<Uploaded, String> {
+        let mut composite = Sha256::new();
+        for d in digests {
+            composite.update(d);
+        }
         let n = parts.len();
         let out = self
             .client
@@ -544,8 +550,60 @@ impl Bucket {
                 "{}-{n}",
                 openssl::base64::encode_block(&composite.finalize())
             ),
-            version_id: out.version_id().map(str::to_owned),
+            version_id: real_version(out.version_id()),
         })
+    }
+
+    /// Aborts a multipart upload, best effort: an abandoned upload only
+    /// costs storage until the bucket's AbortIncompleteMultipartUpload
+    /// rule removes it.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                key,
+                error = %self.explain(&format!("AbortMultipartUpload {}", self.url(key)), &e),
+                "an incomplete multipart upload was left behind"
+            );
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        source: &Source,
+        size: u64,
+        part_size: u64,
+        sha256_hex: &str,
+    ) -> Result<Uploaded, String> {
+        let mut whole = Sha256::new();
+        let mut digests = Vec::new();
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        for number in 1i32.. {
+            if offset >= size {
+                break;
+            }
+            let len = part_size.min(size - offset);
+            let digest = source.hash(offset, len, &mut whole).await?;
+            parts.push(
+                self.upload_part(key, upload_id, number, (source, offset, len), &digest)
+                    .await?,
+            );
+            digests.push(digest);
+            offset += len;
+        }
+        check_whole(whole, sha256_hex, "the upload was aborted")?;
+        self.complete_multipart(key, upload_id, parts, &digests)
+            .await
     }
 
     /// HEAD an object (its current version, or `version`); `None` when it
@@ -618,6 +676,7 @@ impl Bucket {
             legal_hold: out
                 .object_lock_legal_hold_status()
                 .is_some_and(|s| *s == ObjectLockLegalHoldStatus::On),
+            version_id: real_version(out.version_id()),
         }))
     }
 
@@ -845,7 +904,7 @@ impl Bucket {
                 {
                     return Ok(Some(format!(
                         "locked until {}",
-                        crate::time::rfc3339(until)
+                        cutter_core::time::rfc3339(until)
                     )));
                 }
             }
@@ -950,6 +1009,13 @@ pub struct Uploaded {
     pub version_id: Option<String>,
 }
 
+/// A version id as S3 reports it, `None` for none, empty or `"null"` (an
+/// unversioned bucket's answer).
+fn real_version(v: Option<&str>) -> Option<String> {
+    v.filter(|v| !v.is_empty() && *v != "null")
+        .map(str::to_owned)
+}
+
 /// The most objects one listing gathers (a bucket writer can plant keys).
 const MAX_LISTED: usize = 1_000_000;
 
@@ -990,7 +1056,8 @@ fn check_whole(whole: Sha256, want: &str, outcome: &str) -> Result<(), String> {
 /// a small buffer, then sent as a [`RangeBody`] that reads the same open
 /// file (never a path, so nothing in the directory can change which file
 /// is sent) and hashes what it sends, for [`Source::sent_matches`].
-struct Source {
+#[derive(Clone)]
+pub(crate) struct Source {
     file: Arc<std::fs::File>,
     /// The sha256 of the last complete pass of each range's body, by offset.
     sent: Arc<Mutex<BTreeMap<u64, [u8; 32]>>>,
@@ -1000,7 +1067,7 @@ struct Source {
 const HASH_BUF: usize = 256 * 1024;
 
 impl Source {
-    fn new(file: std::fs::File) -> Self {
+    pub(crate) fn new(file: std::fs::File) -> Self {
         Self {
             file: Arc::new(file),
             sent: Arc::default(),
