@@ -8,6 +8,10 @@
 # throwaway SeaweedFS (throughput, daemon peak RSS); `--runs-kept
 # 1,1000,10000 [--small-runs N]` measures backup, selftest, status and list
 # latency with that many runs kept in backup.dir (tiny fixture).
+# `--fast-dump [--baseline DIR]` compares the governance dataset over TCP
+# and a fast-dump hex dataset over the Unix socket, floor against backup
+# with every CPU-second (DIR: another build's binaries, measured in the
+# same runs). `--help` lists everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

@@ -45,10 +45,6 @@ const CHUNK: usize = 256 * 1024;
 const QUEUE: usize = 4;
 /// How long the reader lets pg_dump's pipe fill after a read emptied it.
 const COALESCE: Duration = Duration::from_micros(500);
-/// The most the reader takes from the pipe per read. A pipe read holds the
-/// pipe's lock while it copies; pg_dump's writes spin on that lock
-/// meanwhile, for as long as the copy takes.
-const READ_MAX: usize = 64 * 1024;
 
 /// Who made the artifact, recorded in the manifest.
 #[derive(Debug, Clone)]
@@ -471,8 +467,8 @@ fn read_dump(
         buf.resize(CHUNK, 0);
         let mut filled = 0;
         while filled < CHUNK {
-            let want = READ_MAX.min(CHUNK - filled);
-            let n = match stdout.read(&mut buf[filled..filled + want]) {
+            let want = CHUNK - filled;
+            let n = match stdout.read(&mut buf[filled..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => other?,
             };

@@ -448,7 +448,17 @@ pub struct Snapshot {
 impl Snapshot {
     /// Counts every table's rows in the snapshot (while pg_dump reads the
     /// same snapshot on its own connection).
+    ///
+    /// Without parallel workers: the count only has to finish before the
+    /// dump does, which it does alone (a count scans several times faster
+    /// than COPY formats rows). Workers would not finish the backup sooner;
+    /// they would take cores from the dump's own backend and pg_dump at its
+    /// start, and take slots from `max_parallel_workers` on the server.
     pub async fn count(&mut self, tables: &[TableName]) -> Result<Vec<(TableName, u64)>> {
+        sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::from_sqlx(&e))?;
         let counts_sql = tables
             .iter()
             .enumerate()
