@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Compression, TableName};
 use crate::copyrows::CopyRows;
-use crate::db::Snapshot;
 use crate::encrypt::{HashingWriter, Packing, encrypt};
 use crate::error::{Error, Result};
 use crate::key::UsableKey;
@@ -28,7 +27,7 @@ use crate::pgdump::Dump;
 use crate::runid::RunId;
 use crate::selftest::Ready;
 use crate::setup::Setup;
-use crate::store::{ARTIFACT_SUFFIX, PartialFile};
+use crate::store::ARTIFACT_SUFFIX;
 use crate::time::rfc3339;
 use crate::verify::{Trust, verify};
 
@@ -140,7 +139,7 @@ pub async fn take(
 ) -> Result<Taken> {
     let started = Instant::now();
     crate::failpoint::pause("backup-before-snapshot").await;
-    let snapshot = setup.db.snapshot(ready.tables()).await?;
+    let mut snapshot = setup.db.snapshot(ready.tables()).await?;
     let mut partial = setup.store.create_partial_artifact(run_id)?;
     let file = partial
         .take_file()
@@ -148,21 +147,84 @@ pub async fn take(
     // A file that cannot be shared is sent after the commit instead.
     let upload = offsite.and_then(|b| b.stream(run_id, file.try_clone().ok()?));
     let parts = upload.as_ref().map(|u| u.parts());
-    let written = write(
-        Job {
-            setup,
-            ready,
-            run_id,
-            producer,
-            cancel,
-            progress,
-            started,
-        },
-        snapshot,
-        partial,
-        file,
-        parts,
-    )
+    // Everything from here on fails as one, so the upload is aborted on
+    // any error.
+    let written = async {
+        let packing = Packing {
+            compression: setup.config.backup.compression,
+            level: setup.config.backup.compression_level,
+            encryptor: setup.config.backup.encryptor,
+        };
+        let dump = Dump::start(
+            ready.pg_dump(),
+            setup.db.target(),
+            &snapshot.id,
+            ready.tables(),
+        )
+        .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump().display())))?;
+        let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
+        let (streamed, counts) = tokio::join!(
+            supervise(dump, (file, parts), ready, packing, cancel, progress, stall),
+            snapshot.count(ready.tables())
+        );
+        if let Err(e) = snapshot.release().await {
+            tracing::warn!(error = %e, "closing the snapshot transaction failed");
+        }
+        // When both fail, the count's error is often the cause (a failed query
+        // aborts the snapshot's transaction, and pg_dump then cannot import it).
+        let streamed = match (streamed, &counts) {
+            (Err(Error::PgDump(dump)), Err(count)) => {
+                return Err(Error::PgDump(format!(
+                    "{dump}; counting rows in the snapshot failed too: {count}"
+                )));
+            }
+            (s, _) => s?,
+        };
+        let counts = counts?;
+        check_counts(&counts, &streamed.copy_rows)?;
+        let manifest = Manifest {
+            format: FORMAT,
+            run_id: run_id.to_string(),
+            created_at: rfc3339(SystemTime::now()),
+            artifact: format!("{run_id}{ARTIFACT_SUFFIX}"),
+            sha256: streamed.sha256,
+            size_bytes: streamed.size_bytes,
+            gpg_fpr: ready.key().fingerprint.as_str().to_owned(),
+            recipients: recipients(ready),
+            tables: counts
+                .iter()
+                .map(|(t, rows)| TableRows {
+                    table: t.clone(),
+                    rows: *rows,
+                })
+                .collect(),
+            plaintext_bytes: streamed.plaintext_bytes,
+            compression: match packing.compression {
+                Compression::None => "none".to_owned(),
+                Compression::Zip => format!("zip-{}", packing.level),
+                Compression::Zlib => format!("zlib-{}", packing.level),
+            },
+            server_version: ready.server().version.clone(),
+            pg_dump_version: ready.pg_dump_version().line.clone(),
+            producer: producer.0.clone(),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            host: setup
+                .config
+                .offsite
+                .as_ref()
+                .and_then(|o| o.host.clone())
+                .or_else(|| crate::offsite::system_host().ok())
+                .unwrap_or_default(),
+        };
+        let bytes = manifest.to_bytes().map_err(Error::Internal)?;
+        let signature = ready.signer().sign(&bytes).map_err(Error::Internal)?;
+        let store = setup.store.clone();
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || store.commit(partial, &m, &signature))
+            .await
+            .map_err(|e| Error::Internal(format!("commit task failed: {e}")))??;
+        Ok(manifest)
+    }
     .await;
     match written {
         Ok(manifest) => Ok(Taken { manifest, upload }),
@@ -173,111 +235,6 @@ pub async fn take(
             Err(e)
         }
     }
-}
-
-/// What one backup is, for [`write`].
-struct Job<'a> {
-    setup: &'a Setup,
-    ready: &'a Ready,
-    run_id: &'a RunId,
-    producer: &'a Producer,
-    cancel: &'a Cancel,
-    progress: &'a Arc<AtomicU64>,
-    started: Instant,
-}
-
-/// Dumps, encrypts and writes the artifact (cutting `parts` when
-/// streaming), checks the counts, signs and commits.
-async fn write(
-    job: Job<'_>,
-    mut snapshot: Snapshot,
-    partial: PartialFile,
-    file: File,
-    parts: Option<PartPlan>,
-) -> Result<Manifest> {
-    let Job {
-        setup,
-        ready,
-        run_id,
-        producer,
-        cancel,
-        progress,
-        started,
-    } = job;
-    let packing = Packing {
-        compression: setup.config.backup.compression,
-        level: setup.config.backup.compression_level,
-        encryptor: setup.config.backup.encryptor,
-    };
-    let dump = Dump::start(
-        ready.pg_dump(),
-        setup.db.target(),
-        &snapshot.id,
-        ready.tables(),
-    )
-    .map_err(|e| Error::PgDump(format!("cannot start {}: {e}", ready.pg_dump().display())))?;
-    let stall = Duration::from_secs(setup.config.backup.stall_timeout_secs);
-    let (streamed, counts) = tokio::join!(
-        supervise(dump, (file, parts), ready, packing, cancel, progress, stall),
-        snapshot.count(ready.tables())
-    );
-    if let Err(e) = snapshot.release().await {
-        tracing::warn!(error = %e, "closing the snapshot transaction failed");
-    }
-    // When both fail, the count's error is often the cause (a failed query
-    // aborts the snapshot's transaction, and pg_dump then cannot import it).
-    let streamed = match (streamed, &counts) {
-        (Err(Error::PgDump(dump)), Err(count)) => {
-            return Err(Error::PgDump(format!(
-                "{dump}; counting rows in the snapshot failed too: {count}"
-            )));
-        }
-        (s, _) => s?,
-    };
-    let counts = counts?;
-    check_counts(&counts, &streamed.copy_rows)?;
-    let manifest = Manifest {
-        format: FORMAT,
-        run_id: run_id.to_string(),
-        created_at: rfc3339(SystemTime::now()),
-        artifact: format!("{run_id}{ARTIFACT_SUFFIX}"),
-        sha256: streamed.sha256,
-        size_bytes: streamed.size_bytes,
-        gpg_fpr: ready.key().fingerprint.as_str().to_owned(),
-        recipients: recipients(ready),
-        tables: counts
-            .iter()
-            .map(|(t, rows)| TableRows {
-                table: t.clone(),
-                rows: *rows,
-            })
-            .collect(),
-        plaintext_bytes: streamed.plaintext_bytes,
-        compression: match packing.compression {
-            Compression::None => "none".to_owned(),
-            Compression::Zip => format!("zip-{}", packing.level),
-            Compression::Zlib => format!("zlib-{}", packing.level),
-        },
-        server_version: ready.server().version.clone(),
-        pg_dump_version: ready.pg_dump_version().line.clone(),
-        producer: producer.0.clone(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        host: setup
-            .config
-            .offsite
-            .as_ref()
-            .and_then(|o| o.host.clone())
-            .or_else(|| crate::offsite::system_host().ok())
-            .unwrap_or_default(),
-    };
-    let bytes = manifest.to_bytes().map_err(Error::Internal)?;
-    let signature = ready.signer().sign(&bytes).map_err(Error::Internal)?;
-    let store = setup.store.clone();
-    let m = manifest.clone();
-    tokio::task::spawn_blocking(move || store.commit(partial, &m, &signature))
-        .await
-        .map_err(|e| Error::Internal(format!("commit task failed: {e}")))??;
-    Ok(manifest)
 }
 
 /// The snapshot's counts must be the rows in the dump, table by table.
