@@ -484,7 +484,8 @@ async fn a_run_overwritten_in_a_versioned_bucket_still_restores_from_its_genuine
         "--config",
         &cfg,
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("FAILED"), "{}", text(&out));
 
     // A pin holds every version, the genuine one under the junk included.
     let out = daemon.ctl(&["pin", "v1", "--note", "incident"]);

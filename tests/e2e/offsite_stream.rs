@@ -69,7 +69,7 @@ async fn a_dump_that_fails_mid_way_leaves_no_multipart_upload_and_no_object() {
     let parts_before = s.weed.multipart_uploads(BUCKET);
     assert_eq!(parts_before, vec![s.key("cut1.sql.gpg")]);
     let out = call.await.expect("caller");
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no output for 4 s"), "{}", text(&out));
     assert_eq!(
         s.weed.multipart_uploads(BUCKET),
@@ -97,7 +97,7 @@ async fn a_server_stopped_mid_upload_fails_the_call_keeps_the_local_run_and_a_re
     s.weed.stop();
     let out = call.await.expect("caller");
     let t = text(&out);
-    assert!(!out.status.success(), "{t}");
+    assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
         t.contains("Unavailable") && t.contains("the local artifact is kept"),
         "{t}"
